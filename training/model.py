@@ -1,0 +1,268 @@
+"""The variational autoencoder: encoder -> (mu, logvar), reparameterised sample, decoder.
+
+The public methods are the domain verbs and the artifact's TorchScript interface
+(see `app.artifact`): `encode`, `decode`, `elbo`, `iwae`, `score`, `pixel_nll`.
+Every exported method is deterministic except `elbo`/`iwae`, whose noise count the
+caller chooses; the anomaly `score` uses noise frozen into the module at build time,
+so an image's score never depends on which batch it is computed in.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Architecture = Literal["mlp", "conv"]
+Likelihood = Literal["bernoulli", "gaussian"]
+ScoreKind = Literal["nelbo", "iwae", "recon"]
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild the network; saved inside checkpoints."""
+
+    architecture: Architecture = "conv"
+    channels: int = 1
+    image_size: int = 28
+    latent_dim: int = 32
+    hidden: tuple[int, ...] = (32, 64)
+    dense: int = 512
+    likelihood: Likelihood = "bernoulli"
+    score: ScoreKind = "iwae"
+    score_samples: int = 16
+    score_seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> ModelConfig:
+        raw = dict(raw)
+        raw["hidden"] = tuple(raw.get("hidden", cls.hidden))
+        return cls(**raw)
+
+
+@dataclass
+class LossWeights:
+    """Knobs against KL vanishing: beta-VAE weight, linear KL warm-up, free bits."""
+
+    beta: float = 1.0
+    warmup_steps: int = 0
+    free_bits: float = 0.0
+    extras: dict = field(default_factory=dict)
+
+
+def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(mu, sigma^2) || N(0, I)) per dimension, closed form.
+
+    Kingma & Welling (2014), Appendix B: -1/2 * (1 + log sigma^2 - mu^2 - sigma^2).
+    """
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
+
+
+def _conv_sizes(image_size: int, levels: int) -> list[int]:
+    sizes = [image_size]
+    for _ in range(levels):
+        sizes.append((sizes[-1] + 1) // 2)
+    return sizes
+
+
+class ConvEncoder(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        convs: list[nn.Module] = []
+        in_ch = config.channels
+        for out_ch in config.hidden:
+            convs.append(nn.Conv2d(in_ch, out_ch, 4, stride=2, padding=1))
+            in_ch = out_ch
+        self.convs = nn.ModuleList(convs)
+        side = _conv_sizes(config.image_size, len(config.hidden))[-1]
+        self.head = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(in_ch * side * side, config.dense),
+            nn.SiLU(),
+            nn.Linear(config.dense, 2 * config.latent_dim),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:  # (N, C, H, W) -> (N, 2D)
+        h = x
+        for conv in self.convs:
+            if h.shape[-1] % 2 == 1:  # k=4, s=2, p=1 halves exactly only even sides
+                h = F.pad(h, (0, 1, 0, 1))
+            h = F.silu(conv(h))
+        return self.head(h)
+
+
+class ConvDecoder(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        sizes = _conv_sizes(config.image_size, len(config.hidden))
+        chans = list(config.hidden)
+        self.first_shape = [chans[-1], sizes[-1], sizes[-1]]
+        self.stem = nn.Sequential(
+            nn.Linear(config.latent_dim, config.dense),
+            nn.SiLU(),
+            nn.Linear(config.dense, chans[-1] * sizes[-1] * sizes[-1]),
+            nn.SiLU(),
+        )
+        blocks: list[nn.Module] = []
+        outs = chans[-2::-1] + [config.channels]
+        in_ch = chans[-1]
+        for level, out_ch in enumerate(outs):
+            target = sizes[-2 - level]
+            last = level == len(outs) - 1
+            blocks.append(nn.Upsample(size=(target, target), mode="nearest"))
+            blocks.append(nn.Conv2d(in_ch, out_ch, 3, padding=1))
+            if not last:
+                blocks.append(nn.SiLU())
+            in_ch = out_ch
+        self.blocks = nn.Sequential(*blocks)
+
+    def forward(self, z: Tensor) -> Tensor:  # (N, D) -> logits (N, C, H, W)
+        h = self.stem(z).view(-1, self.first_shape[0], self.first_shape[1], self.first_shape[2])
+        return self.blocks(h)
+
+
+class MLPEncoder(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = config.channels * config.image_size**2
+        for h in config.hidden:
+            layers += [nn.Linear(width, h), nn.SiLU()]
+            width = h
+        layers.append(nn.Linear(width, 2 * config.latent_dim))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class MLPDecoder(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = config.latent_dim
+        for h in reversed(config.hidden):
+            layers += [nn.Linear(width, h), nn.SiLU()]
+            width = h
+        layers.append(nn.Linear(width, config.channels * config.image_size**2))
+        self.net = nn.Sequential(*layers)
+        self.shape = [config.channels, config.image_size, config.image_size]
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(z).view(-1, self.shape[0], self.shape[1], self.shape[2])
+
+
+class VAE(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.latent_dim = config.latent_dim
+        self.gaussian = config.likelihood == "gaussian"
+        self.score_kind = config.score
+        if config.architecture == "conv":
+            self.encoder: nn.Module = ConvEncoder(config)
+            self.decoder: nn.Module = ConvDecoder(config)
+        else:
+            self.encoder = MLPEncoder(config)
+            self.decoder = MLPDecoder(config)
+        # learned observation noise of the Gaussian likelihood; unused for Bernoulli
+        self.log_sigma = nn.Parameter(torch.full((), -2.0))
+        generator = torch.Generator().manual_seed(config.score_seed)
+        self.register_buffer(
+            "score_noise", torch.randn(config.score_samples, config.latent_dim, generator=generator)
+        )
+
+    # --- the domain verbs -------------------------------------------------------------
+    @torch.jit.export
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(N, C, H, W) in [0, 1] -> mu, logvar, each (N, D)."""
+        h = self.encoder(x)
+        mu, logvar = h.chunk(2, dim=1)
+        return mu, logvar.clamp(-30.0, 20.0)
+
+    @torch.jit.export
+    def decode(self, z: Tensor) -> Tensor:
+        """(N, D) -> the mean of p(x|z), (N, C, H, W) in [0, 1]."""
+        return torch.sigmoid(self.decoder(z))
+
+    def reparameterize(self, mu: Tensor, logvar: Tensor, eps: Tensor) -> Tensor:
+        return mu + eps * torch.exp(0.5 * logvar)
+
+    def nll(self, logits: Tensor, x: Tensor) -> Tensor:
+        """Per-pixel -log p(x|z) in nats, same shape as x."""
+        if self.gaussian:
+            log_sigma = self.log_sigma.clamp(-6.0, 2.0)
+            mean = torch.sigmoid(logits)
+            return 0.5 * ((x - mean) / log_sigma.exp()).pow(2) + log_sigma + 0.5 * LOG_2PI
+        return F.binary_cross_entropy_with_logits(logits, x, reduction="none")
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Training pass: per-image reconstruction nll (N,), per-dimension KL (N, D), mu."""
+        mu, logvar = self.encode(x)
+        z = self.reparameterize(mu, logvar, torch.randn_like(mu))
+        recon = self.nll(self.decoder(z), x).flatten(1).sum(1)
+        return recon, gaussian_kl(mu, logvar), mu
+
+    # --- likelihood bounds --------------------------------------------------------------
+    def _log_weights(self, x: Tensor, eps: Tensor) -> Tensor:
+        """log p(x|z) + log p(z) - log q(z|x) for each noise draw: eps (K, N, D) -> (K, N)."""
+        mu, logvar = self.encode(x)
+        k, n = eps.shape[0], eps.shape[1]
+        z = self.reparameterize(mu.unsqueeze(0), logvar.unsqueeze(0), eps)  # (K, N, D)
+        logits = self.decoder(z.reshape(k * n, -1))
+        x_rep = x.unsqueeze(0).expand(k, -1, -1, -1, -1).reshape(logits.shape)
+        log_px = -self.nll(logits, x_rep).flatten(1).sum(1).view(k, n)
+        log_pz = -0.5 * (z.pow(2) + LOG_2PI).sum(-1)
+        log_qz = -0.5 * (eps.pow(2) + LOG_2PI + logvar.unsqueeze(0)).sum(-1)
+        return log_px + log_pz - log_qz
+
+    def nelbo_with(self, x: Tensor, eps: Tensor) -> Tensor:
+        """Negative ELBO (nats per image, (N,)) using the caller's noise (K, N, D)."""
+        mu, logvar = self.encode(x)
+        k, n = eps.shape[0], eps.shape[1]
+        z = self.reparameterize(mu.unsqueeze(0), logvar.unsqueeze(0), eps)
+        logits = self.decoder(z.reshape(k * n, -1))
+        x_rep = x.unsqueeze(0).expand(k, -1, -1, -1, -1).reshape(logits.shape)
+        recon = self.nll(logits, x_rep).flatten(1).sum(1).view(k, n).mean(0)
+        return recon + gaussian_kl(mu, logvar).sum(1)
+
+    def iwae_with(self, x: Tensor, eps: Tensor) -> Tensor:
+        """Importance-weighted estimate of -log p(x) (nats, (N,)), K = eps.shape[0]."""
+        log_w = self._log_weights(x, eps)
+        return -(torch.logsumexp(log_w, dim=0) - math.log(eps.shape[0]))
+
+    @torch.jit.export
+    def elbo(self, x: Tensor, samples: int) -> Tensor:
+        """Negative ELBO in nats per image, averaged over `samples` draws: (N,)."""
+        eps = torch.randn(samples, x.shape[0], self.latent_dim, device=x.device, dtype=x.dtype)
+        return self.nelbo_with(x, eps)
+
+    @torch.jit.export
+    def iwae(self, x: Tensor, samples: int) -> Tensor:
+        """Importance-weighted bound on -log p(x) with `samples` draws: (N,)."""
+        eps = torch.randn(samples, x.shape[0], self.latent_dim, device=x.device, dtype=x.dtype)
+        return self.iwae_with(x, eps)
+
+    @torch.jit.export
+    def pixel_nll(self, x: Tensor) -> Tensor:
+        """-log p(x|z=mu) per pixel, (N, C, H, W): the anomaly heat map."""
+        mu, _ = self.encode(x)
+        return self.nll(self.decoder(mu), x)
+
+    @torch.jit.export
+    def score(self, x: Tensor) -> Tensor:
+        """The anomaly score in nats, (N,); deterministic, higher is more anomalous."""
+        if self.score_kind == "recon":
+            return self.pixel_nll(x).flatten(1).sum(1)
+        eps = self.score_noise.to(x.dtype).unsqueeze(1).expand(-1, x.shape[0], -1)
+        if self.score_kind == "nelbo":
+            return self.nelbo_with(x, eps)
+        return self.iwae_with(x, eps)
