@@ -1,0 +1,383 @@
+import asyncio
+import threading
+import time
+
+import pytest
+import torch
+
+from app.batching import (
+    Batcher,
+    BatcherClosedError,
+    BatchOutputError,
+    BatchStats,
+    DeadlineExceededError,
+    NonFiniteOutputError,
+    QueueFullError,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class TinyModel:
+    """A real Linear layer as `run`; records every call and can be held at a gate or slowed."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        torch.manual_seed(0)
+        self.linear = torch.nn.Linear(4, 3)
+        self.delay_s = delay_s
+        self.calls: list[tuple[str, int]] = []  # (op, rows) per run()
+        self.seen: list[torch.Tensor] = []  # every batch run() received
+        self.threads: set[int] = set()
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def __call__(self, op: str, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        self.calls.append((op, len(batch)))
+        self.seen.append(batch.clone())
+        self.threads.add(threading.get_ident())
+        self.entered.set()
+        assert self.gate.wait(5)
+        time.sleep(self.delay_s)
+        if (batch == -1).any():
+            raise RuntimeError("poison row")
+        return self.alone(op, batch)
+
+    def alone(self, op: str, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What `rows` give when computed on their own, outside any batcher."""
+        with torch.no_grad():
+            scale = 1.0 if op == "encode" else 2.0
+            return self.linear(rows) * scale, rows.sum(dim=1)
+
+    def computed(self, rows: torch.Tensor) -> bool:
+        """Whether run() ever received one of these rows."""
+        return any((batch[:, None] == rows[None]).all(-1).any() for batch in self.seen)
+
+    def batch_sizes(self) -> list[int]:
+        return [rows for _, rows in self.calls]
+
+
+def make(model: TinyModel, **options: object) -> Batcher:
+    settings: dict = {"max_batch_size": 8, "max_wait_ms": 0, "max_queue": 64} | options
+    return Batcher(model, **settings)
+
+
+async def hold(
+    batcher: Batcher, model: TinyModel, held_rows: torch.Tensor | None = None
+) -> asyncio.Task:
+    """Occupy the worker with one request held at the model's gate; return its task."""
+    model.gate.clear()
+    model.entered.clear()
+    held_rows = torch.full((1, 4), 100.0) if held_rows is None else held_rows
+    task = asyncio.create_task(batcher.submit("encode", held_rows))
+    await until(model.entered.is_set)
+    return task
+
+
+async def until(condition, timeout: float = 5.0) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, "condition not met in time"
+        await asyncio.sleep(0.001)
+
+
+def rows(n: int, start: float = 0.0) -> torch.Tensor:
+    return torch.arange(start, start + 4 * n, dtype=torch.float32).reshape(n, 4)
+
+
+async def test_run_happens_on_one_worker_thread_not_the_event_loop() -> None:
+    model = TinyModel()
+    async with make(model) as batcher:
+        for i in range(3):
+            await batcher.submit("encode", rows(1, i))
+    assert len(model.threads) == 1
+    assert threading.get_ident() not in model.threads
+
+
+async def test_concurrent_requests_coalesce_and_each_gets_what_it_gets_alone() -> None:
+    model = TinyModel(delay_s=0.005)
+    inputs = [torch.randn(1, 4) for _ in range(32)]
+    async with make(model) as batcher:
+        outcomes = await asyncio.gather(*(batcher.submit("encode", x) for x in inputs))
+    assert len(model.calls) < 32
+    assert max(model.batch_sizes()) <= 8
+    assert sum(model.batch_sizes()) == 32
+    for x, outcome in zip(inputs, outcomes, strict=True):
+        for got, alone in zip(outcome.outputs, model.alone("encode", x), strict=True):
+            assert got.shape[0] == 1
+            torch.testing.assert_close(got, alone)
+
+
+async def test_lone_request_on_idle_worker_pays_no_batching_window() -> None:
+    model = TinyModel()
+    async with make(model, max_wait_ms=500) as batcher:
+        started = time.monotonic()
+        await batcher.submit("encode", rows(1))
+        first = time.monotonic() - started
+        await asyncio.sleep(0.01)  # the worker has finished and is idle again
+        started = time.monotonic()
+        await batcher.submit("encode", rows(1))
+        second = time.monotonic() - started
+    assert first < 0.25
+    assert second < 0.25
+
+
+async def test_request_queued_behind_a_busy_worker_waits_for_company() -> None:
+    model = TinyModel()
+    async with make(model, max_wait_ms=300) as batcher:
+        held = await hold(batcher, model)
+        early = asyncio.create_task(batcher.submit("encode", rows(1)))
+        await until(lambda: batcher.queued_rows == 1)
+        model.gate.set()
+        await until(held.done)
+        await asyncio.sleep(0.02)  # the worker is free; `early` is within its window
+        late = await batcher.submit("encode", rows(1, 10))
+        await early
+    assert model.batch_sizes() == [1, 2]
+    assert late.batch_ids == early.result().batch_ids
+
+
+async def test_max_batch_size_counts_rows_and_several_small_requests_share_a_batch() -> None:
+    model = TinyModel()
+    async with make(model, max_batch_size=4) as batcher:
+        held = await hold(batcher, model)
+        small = [asyncio.create_task(batcher.submit("encode", rows(2, 10 * i))) for i in range(2)]
+        await until(lambda: batcher.queued_rows == 4)
+        model.gate.set()
+        await asyncio.gather(held, *small)
+    assert model.batch_sizes() == [1, 4]
+
+
+async def test_large_request_is_split_across_batches_and_reassembled_in_order() -> None:
+    model = TinyModel()
+    x = torch.randn(10, 4)
+    async with make(model, max_batch_size=4) as batcher:
+        outcome = await batcher.submit("encode", x)
+    assert model.batch_sizes() == [4, 4, 2]
+    assert len(outcome.batch_ids) == 3
+    for got, alone in zip(outcome.outputs, model.alone("encode", x), strict=True):
+        torch.testing.assert_close(got, alone)
+
+
+async def test_batches_never_mix_ops_and_follow_the_oldest_waiting_request() -> None:
+    model = TinyModel()
+    ops = ["decode", "encode", "decode", "encode"]
+    async with make(model) as batcher:
+        held = await hold(batcher, model)
+        tasks = []
+        for i, op in enumerate(ops):
+            tasks.append(asyncio.create_task(batcher.submit(op, rows(1, 10 * i))))
+            await until(lambda n=i + 1: batcher.queued_rows == n)
+        model.gate.set()
+        outcomes = await asyncio.gather(held, *tasks)
+    assert model.calls == [("encode", 1), ("decode", 2), ("encode", 2)]
+    for i, op in enumerate(ops):
+        torch.testing.assert_close(outcomes[i + 1].outputs[0], model.alone(op, rows(1, 10 * i))[0])
+
+
+async def test_full_queue_refuses_before_any_await() -> None:
+    model = TinyModel()
+    async with make(model, max_queue=4) as batcher:
+        held = await hold(batcher, model)
+        queued = asyncio.create_task(batcher.submit("encode", rows(3)))
+        await until(lambda: batcher.queued_rows == 3)
+        refused = batcher.submit("encode", rows(2))
+        with pytest.raises(QueueFullError):
+            refused.send(None)  # the first step raises: the caller never waits
+        assert batcher.queued_rows == 3
+        fits = asyncio.create_task(batcher.submit("encode", rows(1)))
+        await until(lambda: batcher.queued_rows == 4)
+        model.gate.set()
+        await asyncio.gather(held, queued, fits)
+
+
+async def test_request_past_its_deadline_is_never_computed() -> None:
+    model = TinyModel()
+    async with make(model) as batcher:
+        held = await hold(batcher, model)
+        late_rows = rows(1, 50)
+        deadline = time.monotonic() + 0.05
+        with pytest.raises(DeadlineExceededError):
+            await batcher.submit("encode", late_rows, deadline=deadline)
+        assert batcher.queued_rows == 0
+        model.gate.set()
+        await held
+        with pytest.raises(DeadlineExceededError):
+            await batcher.submit("encode", late_rows, deadline=time.monotonic() - 1)
+    assert not model.computed(late_rows)
+
+
+async def test_cancelled_request_is_never_computed() -> None:
+    model = TinyModel()
+    async with make(model) as batcher:
+        held = await hold(batcher, model)
+        gone_rows = rows(2, 50)
+        gone = asyncio.create_task(batcher.submit("encode", gone_rows))
+        await until(lambda: batcher.queued_rows == 2)
+        gone.cancel()
+        await asyncio.gather(gone, return_exceptions=True)
+        assert batcher.queued_rows == 0
+        assert batcher.in_flight_requests == 1
+        model.gate.set()
+        await held
+    assert gone.cancelled()
+    assert not model.computed(gone_rows)
+
+
+async def test_request_expired_when_its_batch_forms_is_dropped_before_compute() -> None:
+    model = TinyModel()
+    async with make(model) as batcher:
+        held = await hold(batcher, model)
+        late_rows = rows(1, 50)
+        late = asyncio.create_task(
+            batcher.submit("encode", late_rows, deadline=time.monotonic() + 0.05)
+        )
+        await until(lambda: batcher.queued_rows == 1)
+        model.gate.set()
+        time.sleep(0.1)  # block the loop: the worker frees up and the deadline passes unseen
+        with pytest.raises(DeadlineExceededError):
+            await late
+        await held
+    assert model.batch_sizes() == [1]
+    assert not model.computed(late_rows)
+
+
+async def test_caller_leaving_mid_computation_does_not_disturb_the_batcher() -> None:
+    model = TinyModel()
+    async with make(model) as batcher:
+        for held_rows in (rows(1), torch.full((1, 4), -1.0)):  # a result, then an exception
+            held = await hold(batcher, model, held_rows)
+            held.cancel()
+            await asyncio.gather(held, return_exceptions=True)
+            model.gate.set()
+            assert await batcher.drain(5)
+        outcome = await batcher.submit("encode", rows(1))
+    assert held.cancelled()
+    assert outcome.batch_ids == (3,)
+
+
+async def test_model_exception_fails_only_its_batch_and_serving_goes_on() -> None:
+    model = TinyModel()
+    stats: list[BatchStats] = []
+    async with make(model, on_batch=stats.append) as batcher:
+        held = await hold(batcher, model)
+        poisoned = asyncio.create_task(batcher.submit("encode", torch.full((1, 4), -1.0)))
+        neighbour = asyncio.create_task(batcher.submit("encode", rows(1)))
+        await until(lambda: batcher.queued_rows == 2)
+        model.gate.set()
+        await held
+        for task in (poisoned, neighbour):
+            with pytest.raises(RuntimeError, match="poison row"):
+                await task
+        after = await batcher.submit("encode", rows(1))
+    assert after.outputs[0].shape == (1, 3)
+    assert [s.error is not None for s in stats] == [False, True, False]
+
+
+async def test_non_finite_output_goes_only_to_its_own_request() -> None:
+    model = TinyModel()
+    async with make(model) as batcher:
+        held = await hold(batcher, model)
+        bad = torch.tensor([[1.0, float("nan"), 0.0, 0.0]])
+        poisoned = asyncio.create_task(batcher.submit("encode", bad))
+        healthy = asyncio.create_task(batcher.submit("encode", rows(2)))
+        await until(lambda: batcher.queued_rows == 3)
+        model.gate.set()
+        await held
+        with pytest.raises(NonFiniteOutputError):
+            await poisoned
+        outcome = await healthy
+    assert model.batch_sizes() == [1, 3]
+    torch.testing.assert_close(outcome.outputs[0], model.alone("encode", rows(2))[0])
+
+
+async def test_wrong_output_rows_fail_every_request_of_the_batch_with_a_clear_error() -> None:
+    calls: list[int] = []
+
+    def one_row_short(op: str, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        calls.append(len(batch))
+        return (batch[:-1] if len(batch) > 1 else batch,)
+
+    async with Batcher(one_row_short, max_batch_size=8, max_wait_ms=0, max_queue=64) as batcher:
+        together = [batcher.submit("encode", rows(1)), batcher.submit("encode", rows(2, 10))]
+        failures = await asyncio.gather(*together, return_exceptions=True)
+        ok = await batcher.submit("encode", rows(1))
+    assert calls == [3, 1]
+    for failure in failures:
+        assert isinstance(failure, BatchOutputError)
+        assert "one output row per input row" in str(failure)
+    assert ok.outputs[0].shape == (1, 4)
+
+
+async def test_on_batch_reports_every_call_and_its_failures_do_not_break_serving() -> None:
+    model = TinyModel()
+    stats: list[BatchStats] = []
+
+    def broken_metrics(batch: BatchStats) -> None:
+        stats.append(batch)
+        raise ValueError("metrics backend down")
+
+    async with make(model, max_batch_size=4, on_batch=broken_metrics) as batcher:
+        outcome = await batcher.submit("decode", rows(6))
+    assert [(s.op, s.rows, s.requests, s.error) for s in stats] == [
+        ("decode", 4, 1, None),
+        ("decode", 2, 1, None),
+    ]
+    assert tuple(s.batch_id for s in stats) == outcome.batch_ids
+    assert all(len(s.queue_wait_s) == 1 and s.model_s >= 0 for s in stats)
+
+
+async def test_close_refuses_new_work_and_finishes_what_was_accepted() -> None:
+    model = TinyModel()
+    async with make(model) as batcher:
+        held = await hold(batcher, model)
+        accepted = asyncio.create_task(batcher.submit("encode", rows(2)))
+        await until(lambda: batcher.queued_rows == 2)
+        batcher.close()
+        assert not batcher.accepting
+        with pytest.raises(BatcherClosedError):
+            await batcher.submit("encode", rows(1))
+        assert not await batcher.drain(0.05)
+        model.gate.set()
+        assert await batcher.drain(5)
+        assert (await accepted).outputs[0].shape == (2, 3)
+        assert batcher.in_flight_requests == 0
+    await held
+
+
+async def test_leaving_the_context_finishes_accepted_work_then_stops_the_worker() -> None:
+    model = TinyModel(delay_s=0.005)
+    async with make(model, max_batch_size=2) as batcher:
+        assert batcher.accepting
+        tasks = [asyncio.create_task(batcher.submit("encode", rows(1, i))) for i in range(6)]
+        await until(lambda: batcher.in_flight_requests == 6)
+    assert all(task.done() and task.exception() is None for task in tasks)
+    assert sum(model.batch_sizes()) == 6
+    assert not any(t.ident in model.threads for t in threading.enumerate())
+    with pytest.raises(BatcherClosedError):
+        await batcher.submit("encode", rows(1))
+
+
+async def test_abort_fails_what_is_left_without_waiting_for_the_model() -> None:
+    model = TinyModel()
+    async with make(model) as batcher:
+        held = await hold(batcher, model)
+        queued = asyncio.create_task(batcher.submit("encode", rows(1)))
+        await until(lambda: batcher.queued_rows == 1)
+        batcher.close()
+        assert not await batcher.drain(0.05)
+        batcher.abort()
+    try:
+        assert any(t.ident in model.threads for t in threading.enumerate())  # still in run()
+        for task in (held, queued):
+            with pytest.raises(BatcherClosedError):
+                await task
+        assert model.batch_sizes() == [1]  # the held call is still running; nothing else ran
+        assert await batcher.drain(1)
+    finally:
+        model.gate.set()
