@@ -1,0 +1,72 @@
+"""The recipe: the shipped defaults live in one place and every bad value is refused."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from training.config import TrainConfig
+from training.errors import ConfigError
+
+
+def test_the_defaults_are_the_shipped_mnist_recipe() -> None:
+    recipe = TrainConfig()
+    assert (recipe.data, recipe.architecture, recipe.hidden, recipe.dense) == (
+        "mnist", "conv", (32, 64), 512,
+    )  # fmt: skip
+    assert (recipe.latent_dim, recipe.likelihood, recipe.score) == (32, "bernoulli", "iwae")
+    assert (recipe.epochs, recipe.batch_size, recipe.lr, recipe.augment_shift) == (
+        100, 64, 1e-3, 2,
+    )  # fmt: skip
+    assert recipe.threshold_quantile == 0.99
+    assert recipe.validate() is recipe
+
+
+def test_the_model_config_takes_every_network_field_from_the_recipe() -> None:
+    recipe = TrainConfig(architecture="mlp", hidden=(7,), dense=9, latent_dim=3, seed=4)
+    model = recipe.model_config(channels=3)
+    assert (model.architecture, model.hidden, model.dense, model.latent_dim) == ("mlp", (7,), 9, 3)
+    assert (model.channels, model.image_size, model.score_seed) == (3, 28, 4)
+
+
+def test_names_and_default_paths() -> None:
+    assert TrainConfig().run_name == "mnist"
+    assert TrainConfig().checkpoint_path == Path("runs/mnist")
+    assert TrainConfig().artifact_path == Path("models/mnist")
+    assert TrainConfig(data="photos/cats/").run_name == "cats"
+    assert TrainConfig(data="x/digits.npz", name="d").artifact_path == Path("models/d")
+
+
+def test_the_config_round_trips_through_a_dict() -> None:
+    recipe = TrainConfig(classes=(0, 1), hidden=(8, 16), max_minutes=2.5)
+    assert TrainConfig.from_dict(recipe.to_dict()) == recipe
+    assert TrainConfig.from_dict({**recipe.to_dict(), "hidden": [8, 16], "gone": 1}) == recipe
+
+
+@pytest.mark.parametrize(
+    ("change", "flag"),
+    [
+        ({"architecture": "rnn"}, "--architecture"),
+        ({"likelihood": "poisson"}, "--likelihood"),
+        ({"score": "psychic"}, "--score"),
+        ({"image_size": 27}, "--image-size"),
+        ({"image_size": 129}, "--image-size"),
+        ({"channels": 2}, "--channels"),
+        ({"val_fraction": 1.0}, "--val-fraction"),
+        ({"classes": ()}, "--classes"),
+        ({"hidden": ()}, "--hidden"),
+        ({"latent_dim": 0}, "--latent-dim"),
+        ({"epochs": 0}, "--epochs"),
+        ({"lr": 0.0}, "--lr"),
+        ({"free_bits": -1.0}, "--free-bits"),
+        ({"augment_shift": 14}, "--augment-shift"),
+        ({"threshold_quantile": 1.0}, "--threshold-quantile"),
+        ({"max_minutes": 0.0}, "--max-minutes"),
+        ({"threads": 0}, "--threads"),
+    ],
+)
+def test_a_bad_value_names_its_flag(change: dict, flag: str) -> None:
+    with pytest.raises(ConfigError, match=flag):
+        dataclasses.replace(TrainConfig(), **change).validate()

@@ -1,0 +1,32 @@
+"""The errors `training/` raises on purpose; each message is one line, fit for a terminal.
+
+    TrainingError            the CLI prints "error: <message>" on stderr and exits 1
+     ├── ConfigError         a flag out of range or inconsistent with another
+     ├── DataError           a data set missing, unreadable, or empty after filtering
+     ├── CheckpointError     a checkpoint missing, unreadable, or from another run
+     └── ExportError         the artifact failed its own verification
+
+Anything else escaping the CLI is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class TrainingError(Exception):
+    """A failure the user can act on; the message is one line."""
+
+
+class ConfigError(TrainingError):
+    pass
+
+
+class DataError(TrainingError):
+    pass
+
+
+class CheckpointError(TrainingError):
+    pass
+
+
+class ExportError(TrainingError):
+    pass

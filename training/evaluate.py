@@ -1,0 +1,185 @@
+"""`python -m training.evaluate`: measure models.
+
+    anomaly    the one-class protocol: per digit, train on it alone, then the AUROC of
+               every other digit against its held-out images (see `training.anomaly`)
+    artifact   negative ELBO, IWAE -log p(x) and the flagged share of an exported
+               artifact, computed by the artifact's own methods, on any data source
+
+The per-training metrics (validation negative ELBO and IWAE) are computed by
+`training.metrics` during `python -m training` and land in `model.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import get_args
+
+import torch
+
+from app.artifact import ArtifactError, load_artifact
+from training import flags
+from training.anomaly import run_anomaly
+from training.calibrate import score_images
+from training.cli import run_cli
+from training.data import load_images
+from training.dataset import select_classes, split
+from training.errors import ConfigError, TrainingError
+from training.metrics import EVAL_ROWS
+from training.model import ScoreKind
+from training.pipeline import write_json
+
+ANOMALY_EXAMPLE = """example:
+  python -m training.evaluate anomaly --epochs 30 --scores iwae,nelbo,recon
+"""
+
+
+def digit_list(text: str) -> tuple[int, ...]:
+    """'0-9' -> (0, ..., 9); '3' -> (3,); '0,2,5' -> (0, 2, 5)."""
+    try:
+        if "-" in text:
+            first, last = (int(part) for part in text.split("-", 1))
+            return tuple(range(first, last + 1))
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected e.g. 0-9, 3 or 0,2,5: {text!r}") from None
+
+
+def score_kinds(text: str) -> tuple[ScoreKind, ...]:
+    kinds = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [k for k in kinds if k not in get_args(ScoreKind)]
+    if unknown or not kinds:
+        known = ", ".join(get_args(ScoreKind))
+        raise argparse.ArgumentTypeError(f"score kinds are {known}; got {text!r}")
+    return kinds  # type: ignore[return-value]  # checked against ScoreKind just above
+
+
+def build_parser() -> flags.Parser:
+    parser = flags.Parser(
+        prog="python -m training.evaluate",
+        description="Measure models: the one-class anomaly protocol, or an exported artifact.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    anomaly = commands.add_parser(
+        "anomaly",
+        help="the one-class AUROC protocol",
+        description="For each digit: train on it alone, score its held-out images and\n"
+        "every image of the other digits, report the AUROC of the others against it.",
+        epilog=ANOMALY_EXAMPLE,
+        formatter_class=flags.HelpFormatter,
+    )
+    anomaly.add_argument("--digits", type=digit_list, default="0-9", help="e.g. 0-9, 3 or 0,1")
+    anomaly.add_argument(
+        "--scores",
+        type=score_kinds,
+        help="kinds to compare, e.g. nelbo,iwae,recon (default: --score)",
+    )
+    anomaly.add_argument(
+        "--work-dir", default="runs/anomaly", help="per-digit runs, artifacts and reports"
+    )
+    anomaly.add_argument("--json", help="the report's path (default: <work-dir>/anomaly.json)")
+    flags.add_data_flags(anomaly, classes=False)
+    flags.add_model_flags(anomaly)
+    flags.add_loss_flags(anomaly)
+    flags.add_optim_flags(anomaly, resume=False)
+    flags.add_score_flags(anomaly)
+    artifact = commands.add_parser(
+        "artifact",
+        help="likelihood metrics of an exported artifact",
+        formatter_class=flags.HelpFormatter,
+    )
+    artifact.add_argument("directory", help="the artifact folder, e.g. models/mnist")
+    artifact.add_argument("--data", default="mnist", help="'mnist', a folder or a .npz file")
+    artifact.add_argument(
+        "--classes", type=flags.int_list, help="keep only these labels (default: all)"
+    )
+    artifact.add_argument(
+        "--split",
+        choices=("val", "all"),
+        default="val",
+        help="the validation split (as in training) or every image",
+    )
+    artifact.add_argument(
+        "--val-fraction", type=float, default=flags.DEFAULTS.val_fraction, help="as in training"
+    )
+    artifact.add_argument(
+        "--seed", type=int, default=flags.DEFAULTS.seed, help="as in training; also seeds the noise"
+    )
+    artifact.add_argument(
+        "--elbo-samples", type=int, default=16, help="draws averaged in the negative ELBO"
+    )
+    artifact.add_argument(
+        "--iwae-samples",
+        type=int,
+        default=flags.DEFAULTS.iwae_samples,
+        help="k of the IWAE estimate",
+    )
+    artifact.add_argument("--json", help="also write the metrics here")
+    return parser
+
+
+def anomaly_command(args: argparse.Namespace) -> None:
+    config = flags.config_from_args(args)
+    work_dir = Path(args.work_dir)
+    images = load_images(config.data, config.image_size, config.channels)
+    kinds = args.scores or (config.score,)
+    report = run_anomaly(config, images, args.digits, kinds, work_dir)
+    table = report.markdown()
+    print(table)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    (work_dir / "anomaly.md").write_text(table + "\n")
+    payload = {**report.to_dict(), "shipped_score": config.score, "training": config.to_dict()}
+    print(f"report: {write_json(Path(args.json or work_dir / 'anomaly.json'), payload)}")
+
+
+@torch.inference_mode()
+def artifact_command(args: argparse.Namespace) -> None:
+    if min(args.elbo_samples, args.iwae_samples) < 1:
+        raise ConfigError("--elbo-samples and --iwae-samples must be at least 1")
+    try:
+        module, metadata = load_artifact(Path(args.directory))
+    except ArtifactError as exc:
+        raise TrainingError(str(exc)) from None
+    images = load_images(args.data, metadata.height, metadata.channels)
+    if args.classes is not None:
+        images = select_classes(images, args.classes)
+    if args.split == "val":
+        images = split(images, args.val_fraction, args.seed)[1]
+    x = images.images
+    torch.manual_seed(args.seed)
+    nelbo = torch.cat(
+        [module.elbo(b, args.elbo_samples) for b in x.split(_chunk(args.elbo_samples))]
+    )
+    iwae = torch.cat(
+        [module.iwae(b, args.iwae_samples) for b in x.split(_chunk(args.iwae_samples))]
+    )
+    scores = score_images(module.score, x)
+    metrics = {
+        "images": len(images),
+        "nelbo": float(nelbo.mean()),
+        "iwae_nll": float(iwae.mean()),
+        "iwae_samples": args.iwae_samples,
+        "score_mean": float(scores.mean()),
+        "flagged_fraction": float((scores > metadata.calibration.threshold).double().mean()),
+    }
+    for key, value in metrics.items():
+        print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
+    if args.json:
+        write_json(Path(args.json), {"artifact": args.directory, "data": args.data, **metrics})
+
+
+def _chunk(samples: int) -> int:
+    return max(1, math.ceil(EVAL_ROWS / samples))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    command = anomaly_command if args.command == "anomaly" else artifact_command
+    return run_cli(lambda: command(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

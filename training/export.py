@@ -1,0 +1,89 @@
+"""Write the artifact through `app.artifact` (the contract) and verify it.
+
+The exporter builds `ModelMetadata`, saves with `save_artifact`, loads back with
+`load_artifact`, and runs the checks in `training.verify`. An artifact that fails a
+check is left on disk for inspection, but the run ends with an `ExportError`.
+"""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from app.artifact import (
+    FORMAT_VERSION,
+    ArtifactError,
+    Calibration,
+    ModelMetadata,
+    Preprocessing,
+    load_artifact,
+    save_artifact,
+)
+from training import verify
+from training.config import TrainConfig
+from training.errors import ExportError
+from training.model import VAE, ModelConfig
+
+
+def build_metadata(
+    config: TrainConfig,
+    model_config: ModelConfig,
+    calibration: Calibration,
+    metrics: dict[str, float],
+    data_fingerprint: str,
+) -> ModelMetadata:
+    """Everything `model.json` holds; `training` is the full recipe plus the network."""
+    return ModelMetadata(
+        format_version=FORMAT_VERSION,
+        name=config.run_name,
+        channels=model_config.channels,
+        height=model_config.image_size,
+        width=model_config.image_size,
+        latent_dim=model_config.latent_dim,
+        likelihood=model_config.likelihood,
+        architecture=model_config.architecture,
+        preprocessing=_preprocessing(model_config.channels),
+        calibration=calibration,
+        metrics=metrics,
+        training={**config.to_dict(), "model_config": model_config.to_dict()},
+        data_fingerprint=data_fingerprint,
+        torch_version=torch.__version__,
+        created_at=datetime.now(UTC),
+    )
+
+
+def export_artifact(
+    model: VAE,
+    metadata: ModelMetadata,
+    directory: Path,
+    *,
+    calibration_images: Tensor,
+    calibration_scores: Tensor,
+    isolated_check: bool = True,
+) -> Path:
+    """Save, reload and verify; the artifact's weights live on the CPU."""
+    eager = copy.deepcopy(model).cpu().eval()
+    try:
+        save_artifact(eager, metadata, directory)
+        loaded, _ = load_artifact(directory)
+    except ArtifactError as exc:
+        raise ExportError(str(exc)) from None
+    verify.check_matches_eager(eager, loaded, calibration_images)
+    verify.check_scores(loaded, calibration_images, calibration_scores)
+    if isolated_check:
+        verify.check_isolated(directory)
+    return directory
+
+
+def _preprocessing(channels: int) -> Preprocessing:
+    """What `training.data` did to every image: Pillow mode, bilinear resize, uint8 / 255."""
+    return Preprocessing(
+        color_mode="L" if channels == 1 else "RGB",
+        resize="bilinear",
+        pixel_range=(0.0, 1.0),
+        scale=1.0 / 255.0,
+    )

@@ -1,0 +1,212 @@
+"""The command-line flags, in groups shared by `python -m training` and the anomaly protocol.
+
+Each flag's destination is the `TrainConfig` field of the same name, and its default
+is read from `TrainConfig`, the one place the recipe lives.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+from typing import NoReturn, get_args
+
+from training.config import IMAGE_SIZE_RANGE, TrainConfig
+from training.model import Architecture, Likelihood, ScoreKind
+
+DEFAULTS = TrainConfig()
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line, like every other error here."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Show defaults, except the unset ones whose help text explains them."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """'32,64' -> (32, 64)."""
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected integers separated by commas: {text!r}"
+        ) from None
+
+
+def add_data_flags(parser: argparse.ArgumentParser, classes: bool = True) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument(
+        "--data",
+        default=DEFAULTS.data,
+        help="'mnist' (built in), a folder of PNG/JPEG images, or a .npz file "
+        "with 'images' (and optional 'labels')",
+    )
+    if classes:
+        group.add_argument(
+            "--classes", type=int_list, help="keep only these labels, e.g. 3 or 0,1 (default: all)"
+        )
+    low, high = IMAGE_SIZE_RANGE
+    group.add_argument(
+        "--image-size",
+        type=int,
+        default=DEFAULTS.image_size,
+        help=f"resize every image to this side, {low}..{high} px",
+    )
+    group.add_argument(
+        "--channels",
+        type=int,
+        choices=(1, 3),
+        help="1 (grayscale) or 3 (RGB) (default: the data's own)",
+    )
+    group.add_argument(
+        "--val-fraction",
+        type=float,
+        default=DEFAULTS.val_fraction,
+        help="share of the images held out for validation",
+    )
+    group.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULTS.seed,
+        help="seeds the split, the weights, the batches and the score noise",
+    )
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--architecture",
+        choices=get_args(Architecture),
+        default=DEFAULTS.architecture,
+        help="encoder/decoder family",
+    )
+    group.add_argument("--latent-dim", type=int, default=DEFAULTS.latent_dim, help="latent size D")
+    group.add_argument(
+        "--hidden",
+        type=int_list,
+        default=_joined(DEFAULTS.hidden),
+        help="conv channels per level, or MLP layer widths",
+    )
+    group.add_argument(
+        "--dense", type=int, default=DEFAULTS.dense, help="width of the conv model's dense layer"
+    )
+    group.add_argument(
+        "--likelihood",
+        choices=get_args(Likelihood),
+        default=DEFAULTS.likelihood,
+        help="p(x|z): Bernoulli (BCE) or Gaussian with a learned variance",
+    )
+
+
+def add_loss_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("loss")
+    group.add_argument(
+        "--beta", type=float, default=DEFAULTS.beta, help="weight of the KL term (beta-VAE)"
+    )
+    group.add_argument(
+        "--warmup-epochs",
+        type=float,
+        default=DEFAULTS.warmup_epochs,
+        help="epochs of linear KL warm-up from 0 to beta",
+    )
+    group.add_argument(
+        "--free-bits",
+        type=float,
+        default=DEFAULTS.free_bits,
+        help="KL floor per latent dimension, nats (batch average)",
+    )
+
+
+def add_optim_flags(parser: argparse.ArgumentParser, resume: bool = True) -> None:
+    group = parser.add_argument_group("optimisation")
+    group.add_argument("--epochs", type=int, default=DEFAULTS.epochs, help="training epochs")
+    group.add_argument(
+        "--batch-size", type=int, default=DEFAULTS.batch_size, help="images per step"
+    )
+    group.add_argument(
+        "--lr", type=float, default=DEFAULTS.lr, help="Adam learning rate, then a cosine decay"
+    )
+    group.add_argument(
+        "--augment-shift",
+        type=int,
+        default=DEFAULTS.augment_shift,
+        help="random shift of up to this many pixels per image (0: off)",
+    )
+    group.add_argument(
+        "--max-minutes",
+        type=float,
+        help="stop training after this many minutes (default: no limit)",
+    )
+    group.add_argument(
+        "--device",
+        default=DEFAULTS.device,
+        help="'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1', ...",
+    )
+    group.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for torch (default: one per core); on a busy machine 1 can be "
+        "several times faster, as idle-spinning threads then wait on each other",
+    )
+    if resume:
+        group.add_argument(
+            "--resume", help="continue from a last.pt checkpoint (same model and data flags)"
+        )
+
+
+def add_output_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("outputs")
+    group.add_argument(
+        "--name", help="the model's name (default: 'mnist', or the data path's stem)"
+    )
+    group.add_argument(
+        "--checkpoint-dir", help="checkpoints and metrics.json (default: runs/<name>)"
+    )
+    group.add_argument("--out", help="the artifact folder (default: models/<name>)")
+
+
+def add_score_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("anomaly score and evaluation")
+    group.add_argument(
+        "--score",
+        choices=get_args(ScoreKind),
+        default=DEFAULTS.score,
+        help="the artifact's anomaly score: negative ELBO, IWAE -log p(x), or reconstruction nll",
+    )
+    group.add_argument(
+        "--score-samples",
+        type=int,
+        default=DEFAULTS.score_samples,
+        help="latent draws frozen into the score",
+    )
+    group.add_argument(
+        "--threshold-quantile",
+        type=float,
+        default=DEFAULTS.threshold_quantile,
+        help="the anomaly threshold's quantile of validation scores",
+    )
+    group.add_argument(
+        "--iwae-samples",
+        type=int,
+        default=DEFAULTS.iwae_samples,
+        help="k of the IWAE estimate of -log p(x) in the metrics",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The parsed flags over `TrainConfig`'s defaults, validated."""
+    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    return TrainConfig(**values).validate()
+
+
+def _joined(values: tuple[int, ...]) -> str:
+    return ",".join(str(v) for v in values)

@@ -1,0 +1,183 @@
+"""The training loop: Adam on the negative ELBO, with the known cures for KL vanishing.
+
+loss = reconstruction (the model's likelihood: Bernoulli BCE, or Gaussian with a
+learned variance) + beta * warm-up(step) * KL, where KL is summed over latent
+dimensions after a per-dimension free-bits floor on its batch average. The learning
+rate follows a cosine schedule per step. Each epoch is seeded from (seed, epoch), so
+its shuffle, shifts and reparameterisation noise are the same whether or not the
+run was resumed in between.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from training import checkpoint
+from training.augment import shift_augment
+from training.checkpoint import Progress, RunIdentity
+from training.config import TrainConfig
+from training.dataset import ImageSet
+from training.errors import CheckpointError, ConfigError
+from training.metrics import negative_elbo
+from training.model import VAE, LossWeights, ModelConfig
+
+MIN_LR_FACTOR = 0.01  # the cosine schedule ends at 1% of --lr, not at zero
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class TrainResult:
+    model: VAE  # the best weights (lowest validation negative ELBO), eval mode
+    best_epoch: int
+    best_val_nelbo: float
+    epochs: int  # epochs completed in all, counting those before a --resume
+    images_per_second: float
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "best_epoch": float(self.best_epoch),
+            "epochs_trained": float(self.epochs),
+            "best_val_nelbo_1_sample": self.best_val_nelbo,
+            "train_images_per_second": self.images_per_second,
+        }
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' is CUDA when present, else the CPU; a named device must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name!r} is not a device name") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name} requested, but CUDA is not available")
+    return device
+
+
+def kl_warmup(step: int, warmup_steps: int) -> float:
+    """Linear KL warm-up from ~0 to 1 over `warmup_steps` optimizer steps."""
+    return 1.0 if warmup_steps <= 0 else min(1.0, (step + 1) / warmup_steps)
+
+
+def cosine_lr(step: int, total_steps: int, base: float) -> float:
+    progress = min(1.0, step / max(1, total_steps))
+    return base * (MIN_LR_FACTOR + (1 - MIN_LR_FACTOR) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def loss_terms(
+    model: VAE, x: Tensor, weights: LossWeights, step: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(loss, mean reconstruction nll, mean KL) for one batch; nats per image."""
+    recon, kl, _ = model(x)  # (N,), (N, D)
+    kl_per_dim = kl.mean(0)  # (D,)
+    # Free bits (Kingma et al. 2016): a dimension below the floor gets no KL gradient,
+    # so the encoder can start using it before the prior pulls it back to N(0, 1).
+    kl_term = kl_per_dim.clamp(min=weights.free_bits).sum()
+    loss = recon.mean() + weights.beta * kl_warmup(step, weights.warmup_steps) * kl_term
+    return loss, recon.mean(), kl_per_dim.sum()
+
+
+def train(
+    config: TrainConfig,
+    model_config: ModelConfig,
+    train_set: ImageSet,
+    val_set: ImageSet,
+    data_fingerprint: str,
+    log: Log = print,
+) -> TrainResult:
+    """Train, checkpointing every epoch; return the model with the best validation weights."""
+    run = RunIdentity(config, model_config, data_fingerprint)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)  # the initial weights
+    model = VAE(model_config).to(resolve_device(config.device))
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    progress = Progress()
+    if config.resume:
+        progress = checkpoint.resume(Path(config.resume), run, model, optimizer)
+        log(f"resumed from {config.resume} after epoch {progress.epoch}")
+    images = train_set.images.to(next(model.parameters()).device)
+    steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
+    weights = LossWeights(
+        beta=config.beta,
+        warmup_steps=round(config.warmup_epochs * steps_per_epoch),
+        free_bits=config.free_bits,
+    )
+    deadline = None if config.max_minutes is None else time.monotonic() + 60 * config.max_minutes
+    seen, busy = 0, 0.0
+    for epoch in range(progress.epoch + 1, config.epochs + 1):
+        started = time.monotonic()
+        loss, recon, kl, count = _train_epoch(
+            model, optimizer, images, config, weights, progress, epoch, deadline
+        )
+        seconds = time.monotonic() - started
+        seen, busy = seen + count, busy + seconds
+        val = float(negative_elbo(model.eval(), val_set.images, seed=config.seed).mean())
+        improved = progress.record(epoch, val, model)
+        checkpoint.save_last(run, model, optimizer, progress)
+        if improved:
+            checkpoint.save_best(run, progress)
+        log(
+            f"epoch {epoch}/{config.epochs}  loss {loss:.2f}  recon {recon:.2f}  kl {kl:.2f}  "
+            f"val nelbo {val:.2f}{' (best)' if improved else ''}  "
+            f"{count / max(seconds, 1e-9):.0f} img/s"
+        )
+        if deadline is not None and time.monotonic() > deadline:
+            log(f"--max-minutes {config.max_minutes} reached after epoch {epoch}; stopping")
+            break
+    if progress.best_weights is None:
+        raise CheckpointError("no epoch was trained and the checkpoint holds no best weights")
+    model.load_state_dict(progress.best_weights)
+    return TrainResult(
+        model.eval(), progress.best_epoch, progress.best_val, progress.epoch, seen / max(busy, 1e-9)
+    )
+
+
+def _train_epoch(
+    model: VAE,
+    optimizer: torch.optim.Optimizer,
+    images: Tensor,
+    config: TrainConfig,
+    weights: LossWeights,
+    progress: Progress,
+    epoch: int,
+    deadline: float | None,
+) -> tuple[float, float, float, int]:
+    """One pass over the shuffled training images; returns mean loss, recon, KL, images."""
+    model.train()
+    torch.manual_seed(config.seed * 1_000_003 + epoch)
+    total_steps = config.epochs * math.ceil(len(images) / config.batch_size)
+    sums, count = torch.zeros(3, device=images.device), 0
+    batches = torch.randperm(len(images), device=images.device).split(config.batch_size)
+    # counted in images, so tqdm's own rate reads img/s; disable=None: quiet without a terminal
+    bar = tqdm(total=len(images), desc=f"epoch {epoch}", unit="img", leave=False, disable=None)
+    for index in batches:
+        x = shift_augment(images[index], config.augment_shift)  # (B, C, H, W)
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(progress.step, total_steps, config.lr)
+        loss, recon, kl = loss_terms(model, x, weights, progress.step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        progress.step += 1
+        sums += torch.stack([loss, recon, kl]).detach() * len(x)
+        count += len(x)
+        bar.update(len(x))
+        if progress.step % 20 == 0:  # .tolist() waits for the GPU; not every step
+            mean = (sums / count).tolist()
+            bar.set_postfix(loss=f"{mean[0]:.1f}", recon=f"{mean[1]:.1f}", kl=f"{mean[2]:.1f}")
+        if deadline is not None and time.monotonic() > deadline:
+            break
+    bar.close()
+    loss_mean, recon_mean, kl_mean = (sums / max(count, 1)).tolist()
+    return loss_mean, recon_mean, kl_mean, count
