@@ -1,0 +1,177 @@
+"""Images in and out: uploads to model tensors, model tensors to PNG.
+
+Input policy (every step taken is reported per image in the response's `conversions`):
+
+- Formats: PNG, JPEG, GIF, BMP, WebP, TIFF. Others are refused, so that no upload
+  reaches a Pillow plugin that shells out (EPS) or is rarely exercised. An animated
+  image contributes its first frame.
+- Size: the header's width x height is checked against `VAE_MAX_PIXELS` before any
+  pixel is decoded (413 `image_too_large`): a decompression bomb never expands.
+- Mode: converted to the model's (`L` or `RGB`). Transparent pixels are composited
+  onto black, the background of MNIST-style data (0 = no ink); 16-bit greyscale is
+  scaled to 8 bits. 32-bit integer and float modes have no agreed scale and are refused
+  (422 `unsupported_mode`).
+- Size: resized to the model's height x width with bilinear filtering (Pillow's, which
+  antialiases when shrinking), as `Preprocessing.resize` says; aspect ratio is not kept.
+- Values: uint8 x `Preprocessing.scale`, clamped to `Preprocessing.pixel_range`.
+
+Output: model images become 8-bit PNG (compress level 1: encoding speed over bytes);
+heat maps are per-pixel negative log-likelihood summed over channels and min-max
+normalised per image (white = least likely), so they compare regions within one image,
+not images with each other.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from app.artifact import ModelMetadata
+from app.errors import (
+    ImageTooLargeError,
+    InvalidImageError,
+    RequestTimeoutError,
+    UnsupportedModeError,
+)
+
+FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
+_ALPHA_MODES = {"LA", "La", "PA", "RGBA", "RGBa"}
+_SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N"}
+_SUPPORTED_MODES = {"1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", *_ALPHA_MODES, *_SIXTEEN_BIT}
+PNG_COMPRESS_LEVEL = 1
+
+
+@dataclass(frozen=True)
+class DecodedImages:
+    tensor: torch.Tensor  # (N, C, H, W) float32 in the model's pixel range
+    conversions: list[list[str]]  # per image: what was changed to fit the model
+
+
+def decode_base64(text: str, where: str) -> bytes:
+    """Strict base64 (a `data:image/...;base64,` prefix is allowed) -> bytes."""
+    if text.startswith("data:"):
+        text = text.partition(",")[2]
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidImageError(f"{where}: not valid base64") from None
+
+
+def load_images(
+    blobs: Sequence[str | bytes],
+    metadata: ModelMetadata,
+    *,
+    max_pixels: int,
+    deadline: float | None = None,
+    names: Sequence[str] | None = None,
+) -> DecodedImages:
+    """Decode and convert every upload (`str` = base64); errors name the image (`names[i]`)."""
+    arrays, conversions = [], []
+    for index, blob in enumerate(blobs):
+        if deadline is not None and time.monotonic() > deadline:
+            raise RequestTimeoutError("the request's deadline passed while decoding its images")
+        where = names[index] if names is not None else f"images[{index}]"
+        data = decode_base64(blob, where) if isinstance(blob, str) else blob
+        array, notes = load_image(data, metadata, max_pixels=max_pixels, where=where)
+        arrays.append(array)
+        conversions.append(notes)
+    return DecodedImages(_to_tensor(np.stack(arrays), metadata), conversions)
+
+
+def load_image(
+    data: bytes, metadata: ModelMetadata, *, max_pixels: int, where: str
+) -> tuple[np.ndarray, list[str]]:
+    """One upload -> uint8 array (H, W) or (H, W, C) at the model's size, and its notes."""
+    target = metadata.preprocessing.color_mode
+    try:
+        image = Image.open(io.BytesIO(data), formats=FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageTooLargeError(f"{where}: more than {max_pixels} pixels") from None
+    except Exception:
+        raise InvalidImageError(f"{where}: not a {', '.join(FORMATS)} image") from None
+    with image:
+        if image.width * image.height > max_pixels:
+            raise ImageTooLargeError(
+                f"{where}: {image.width}x{image.height} is more than {max_pixels} pixels"
+            )
+        if image.mode not in _SUPPORTED_MODES:
+            raise UnsupportedModeError(
+                f"{where}: mode {image.mode} is not supported; send 8-bit greyscale or RGB(A)"
+            )
+        try:  # Pillow's decoders raise many types on hostile input: all mean a bad image
+            image.load()
+            converted, notes = _to_mode(image, target)
+            resized, resize_note = _resize(converted, (metadata.width, metadata.height))
+            array = np.array(resized, dtype=np.uint8)
+        except Exception:
+            raise InvalidImageError(f"{where}: the image data is corrupt or truncated") from None
+    return array, notes + resize_note
+
+
+def _to_mode(image: Image.Image, target: str) -> tuple[Image.Image, list[str]]:
+    notes: list[str] = []
+    source = image.mode
+    if getattr(image, "is_animated", False):
+        notes.append("used the first frame")
+    if source == target:
+        return image, notes
+    if source in _SIXTEEN_BIT:
+        image = Image.fromarray((np.array(image, dtype=np.uint16) >> 8).astype(np.uint8), "L")
+    elif source in _ALPHA_MODES or (source == "P" and "transparency" in image.info):
+        black = Image.new("RGBA", image.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(black, image.convert("RGBA"))
+        notes.append("alpha composited on black")
+    notes.append(f"mode {source}->{target}")
+    return image.convert(target), notes
+
+
+def _resize(image: Image.Image, size: tuple[int, int]) -> tuple[Image.Image, list[str]]:
+    if image.size == size:
+        return image, []
+    note = f"resized {image.width}x{image.height}->{size[0]}x{size[1]}"
+    return image.resize(size, Image.Resampling.BILINEAR), [note]
+
+
+def _to_tensor(batch: np.ndarray, metadata: ModelMetadata) -> torch.Tensor:
+    """uint8 (N, H, W) or (N, H, W, C) -> float32 (N, C, H, W) in the model's range."""
+    tensor = torch.from_numpy(batch)
+    tensor = tensor.unsqueeze(1) if tensor.dim() == 3 else tensor.permute(0, 3, 1, 2)
+    low, high = metadata.preprocessing.pixel_range
+    scaled = tensor.to(torch.float32) * metadata.preprocessing.scale
+    return scaled.clamp_(low, high).contiguous()
+
+
+def _png(pixels: np.ndarray) -> str:
+    """uint8 (H, W) or (H, W, 3) -> base64 PNG."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) in [0, 1] -> uint8 (N, H, W) or (N, H, W, C)."""
+    pixels = images.clamp(0.0, 1.0).mul(255.0).round_().to(torch.uint8)
+    pixels = pixels[:, 0] if pixels.shape[1] == 1 else pixels.permute(0, 2, 3, 1)
+    return pixels.contiguous().numpy()
+
+
+def images_to_base64_png(images: torch.Tensor) -> list[str]:
+    """(N, C, H, W) in [0, 1] -> N base64 PNGs (greyscale for C = 1, RGB for C = 3)."""
+    return [_png(pixels) for pixels in _to_uint8(images)]
+
+
+def heatmaps_to_base64_png(pixel_nll: torch.Tensor) -> list[str]:
+    """(N, C, H, W) nats -> N greyscale PNGs, channel-summed and min-max scaled per image."""
+    per_pixel = pixel_nll.sum(dim=1, keepdim=True)  # (N, 1, H, W)
+    low = per_pixel.amin(dim=(2, 3), keepdim=True)
+    span = per_pixel.amax(dim=(2, 3), keepdim=True) - low
+    scaled = (per_pixel - low) / torch.where(span > 0, span, torch.ones_like(span))
+    return images_to_base64_png(scaled)

@@ -1,0 +1,194 @@
+"""The application factory and its lifespan. Serve with `uvicorn app.main:app`.
+
+`create_app(settings)` only wires things together; nothing is loaded at import. The
+lifespan owns every long-lived object, in this order:
+
+    start: load the artifact -> start the batcher -> warm up every op and bucket -> ready
+    stop:  not ready (new work: 503) -> close the batcher -> drain within VAE_DRAIN_TIMEOUT_S
+
+uvicorn stops accepting connections on SIGTERM and waits for in-flight requests before
+the lifespan stops; run it with `--timeout-graceful-shutdown` close to
+`VAE_DRAIN_TIMEOUT_S` so that a stuck client cannot hold the process, and with
+`--no-access-log` since the service writes its own JSON access log.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+from anyio import to_thread
+from fastapi import Depends, FastAPI
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
+
+from app import probes, routes
+from app.batching import Batcher
+from app.config import Settings, describe_error
+from app.errors import handle_error
+from app.inference import Inference
+from app.lifecycle import Lifecycle, StartupFailureReporter, drain_on_signals
+from app.logs import configure_logging
+from app.metrics import Metrics
+from app.middleware import (
+    BodyLimitMiddleware,
+    DisconnectCanceller,
+    DrainGate,
+    RequestContextMiddleware,
+)
+from app.openapi import install_openapi
+from app.render import OrjsonResponse
+from app.runtime import ModelRuntime, StartupError, warm_up
+from app.schemas import (
+    AnomalyForm,
+    AnomalyRequest,
+    EncodeForm,
+    EncodeRequest,
+    InterpolateForm,
+    InterpolateRequest,
+)
+from app.security import ApiKeys, api_key_guard
+
+logger = logging.getLogger("vae.lifecycle")
+
+DESCRIPTION = """A variational autoencoder over HTTP, with server-side dynamic batching.
+
+Images go in as base64 strings in JSON or as multipart `files`; images come out as base64
+PNG or, with `"format": "array"`, as float arrays. Every error is
+`{"error": {"code", "message", "request_id"}}`."""
+SELF_PARSED: list[type[BaseModel]] = [
+    EncodeRequest,
+    EncodeForm,
+    AnomalyRequest,
+    AnomalyForm,
+    InterpolateRequest,
+    InterpolateForm,
+]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app from `settings` (default: the environment). Loads nothing."""
+    settings = settings or Settings()
+    metrics, lifecycle = Metrics(), Lifecycle()
+    app = FastAPI(
+        title="vae-serve",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=_lifespan(settings, metrics, lifecycle),
+        default_response_class=OrjsonResponse,
+    )
+    for error in (HTTPException, RequestValidationError):
+        app.add_exception_handler(error, handle_error)
+    guard = api_key_guard(ApiKeys(settings.all_api_keys()))
+    app.include_router(routes.api, dependencies=[Depends(guard)])
+    app.include_router(probes.probes)
+    _add_middleware(app, settings, metrics, lifecycle)
+    install_openapi(app, SELF_PARSED)
+    return app
+
+
+def _add_middleware(
+    app: FastAPI, settings: Settings, metrics: Metrics, lifecycle: Lifecycle
+) -> None:
+    """Innermost first: each `add_middleware` wraps everything added before it."""
+    app.add_middleware(DisconnectCanceller)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=[
+                "Authorization",
+                "X-API-Key",
+                "Content-Type",
+                "X-Request-ID",
+                "X-Request-Timeout-Ms",
+            ],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
+    app.add_middleware(DrainGate, lifecycle=lifecycle, metrics=metrics)
+    app.add_middleware(
+        RequestContextMiddleware, metrics=metrics, default_timeout_ms=settings.request_timeout_ms
+    )
+    app.add_middleware(StartupFailureReporter, lifecycle=lifecycle)
+
+
+def _lifespan(
+    settings: Settings, metrics: Metrics, lifecycle: Lifecycle
+) -> Callable[[FastAPI], AbstractAsyncContextManager[dict[str, Any]]]:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        configure_logging(settings.log_level)
+        try:
+            async with _serving(settings, metrics, lifecycle) as state:
+                yield state
+        except StartupError as exc:
+            lifecycle.startup_failure = str(exc)
+            raise
+
+    return lifespan
+
+
+@asynccontextmanager
+async def _serving(
+    settings: Settings, metrics: Metrics, lifecycle: Lifecycle
+) -> AsyncIterator[dict[str, Any]]:
+    runtime = await to_thread.run_sync(ModelRuntime.load, settings)
+    batcher = Batcher(
+        runtime.run,
+        max_batch_size=settings.max_batch_size,
+        max_wait_ms=settings.max_wait_ms,
+        max_queue=settings.max_queue,
+        on_batch=metrics.observe_batch,
+    )
+    async with batcher:
+        seconds = await warm_up(batcher.submit, runtime)
+        metrics.track_queue(lambda: batcher.queued_rows, lambda: batcher.in_flight_requests)
+        metrics.ready.set_function(lambda: float(lifecycle.ready))
+        lifecycle.mark_ready()
+        logger.info(
+            "ready",
+            extra={
+                "fields": {"warmup_s": round(seconds, 3), "batch_sizes": list(runtime.batch_sizes)}
+            },
+        )
+        state = {
+            "settings": settings,
+            "runtime": runtime,
+            "metrics": metrics,
+            "lifecycle": lifecycle,
+            "inference": Inference(batcher, runtime.metadata, metrics),
+        }
+        try:
+            with drain_on_signals(lifecycle):
+                yield state
+        finally:
+            await _drain(batcher, lifecycle, settings.drain_timeout_s)
+
+
+async def _drain(batcher: Batcher, lifecycle: Lifecycle, timeout_s: float) -> None:
+    lifecycle.begin_drain()
+    batcher.close()
+    drained = await batcher.drain(timeout_s)
+    if not drained:  # the drain budget is a bound: fail what is left rather than wait on
+        batcher.abort()
+    fields = {"drained": drained, "left": batcher.in_flight_requests}
+    logger.info("stopped", extra={"fields": fields})
+
+
+def _app_from_environment() -> FastAPI:
+    """`create_app()` for `uvicorn app.main:app`: a bad setting exits with one line."""
+    try:
+        return create_app()
+    except ValidationError as exc:
+        print(describe_error(exc), file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+app = _app_from_environment()

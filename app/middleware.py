@@ -1,0 +1,207 @@
+"""Pure ASGI middleware, outermost first as `create_app` stacks them:
+
+- `RequestContextMiddleware`: request id (taken from `X-Request-ID` or made, and
+  returned), the deadline (`X-Request-Timeout-Ms` may shorten the default), one JSON
+  access-log line and the request metrics per request, and the last-resort 500.
+- `DrainGate`: while draining, new work is answered 503 `shutting_down` at once.
+- `BodyLimitMiddleware`: 413 as soon as `Content-Length` or the bytes received so far
+  pass the limit; the body is never read to its end first.
+- `DisconnectCanceller`: a client that hangs up after sending its request cancels the
+  request's task, so its rows leave the batcher's queue uncomputed.
+
+Pure ASGI (not `BaseHTTPMiddleware`) so that bodies stream and cancellation propagates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.context import RequestContext
+from app.errors import (
+    InvalidHeaderError,
+    PayloadTooLargeError,
+    ServiceError,
+    ShuttingDownError,
+    as_service_error,
+    error_response,
+)
+from app.lifecycle import Lifecycle
+from app.metrics import Metrics
+
+access_log = logging.getLogger("vae.access")
+error_log = logging.getLogger("vae.errors")
+
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # anything else could forge log lines
+PROBES = ("/health", "/ready", "/metrics")
+CLIENT_CLOSED = 499  # nginx's status for "the client closed the connection first"
+
+
+def _endpoint(scope: Scope) -> str:
+    """The route's path template: a bounded label set for metrics (never the raw path)."""
+    route = scope.get("route")
+    return getattr(route, "path", "unmatched")
+
+
+def _deadline(headers: Headers, default_ms: int, now: float) -> float:
+    raw = headers.get("x-request-timeout-ms")
+    if raw is None:
+        return now + default_ms / 1000
+    if not raw.isdigit() or int(raw) < 1:
+        raise InvalidHeaderError("X-Request-Timeout-Ms must be a positive integer (milliseconds)")
+    return now + min(int(raw), default_ms) / 1000  # a client may ask for less, never more
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, default_timeout_ms: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.default_timeout_ms = default_timeout_ms
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.monotonic()
+        headers = Headers(scope=scope)
+        offered = headers.get("x-request-id", "")
+        request_id = offered if REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
+        context = RequestContext(request_id, deadline=started + self.default_timeout_ms / 1000)
+        # a copy: the ASGI spec asks servers to copy lifespan state per request, not all do
+        scope["state"] = {**scope.get("state", {}), "context": context}
+        status: int | None = None  # set when the response starts
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message)["x-request-id"] = request_id
+            await send(message)
+
+        try:
+            context.deadline = _deadline(headers, self.default_timeout_ms, started)
+            await self.app(scope, receive, send_with_id)
+        except ClientDisconnect:
+            pass  # nobody is left to answer
+        except Exception as exc:  # a bad header (before the app ran), or a bug: the last resort
+            if not isinstance(exc, ServiceError):
+                error_log.exception("unhandled error", extra={"fields": {"request_id": request_id}})
+            if status is not None:
+                raise  # the response had started: let the server abort the connection
+            error = as_service_error(exc, request_id)
+            await error_response(error, request_id)(scope, receive, send_with_id)
+        finally:
+            final = CLIENT_CLOSED if status is None else status
+            self._record(scope, context, final, time.monotonic() - started)
+
+    def _record(self, scope: Scope, context: RequestContext, status: int, seconds: float) -> None:
+        endpoint = _endpoint(scope)
+        self.metrics.observe_request(endpoint, status, seconds)
+        fields = {
+            "request_id": context.request_id,
+            "method": scope["method"],
+            "endpoint": endpoint,
+            "status": status,
+            "latency_ms": round(seconds * 1000, 3),
+            "items": context.items,
+            "batch_ids": context.batch_ids,
+        }
+        access_log.info("request", extra={"fields": fields})
+
+
+class DrainGate:
+    def __init__(self, app: ASGIApp, *, lifecycle: Lifecycle, metrics: Metrics) -> None:
+        self.app = app
+        self.lifecycle = lifecycle
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.lifecycle.draining and scope["path"] not in PROBES:
+            self.metrics.rejected.labels("shutting_down").inc()
+            context = scope["state"]["context"]
+            error = ShuttingDownError("the service is shutting down; retry on another instance")
+            await error_response(error, context.request_id)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+class BodyLimitMiddleware:
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _too_large(self) -> PayloadTooLargeError:
+        return PayloadTooLargeError(f"the request body is larger than {self.max_bytes} bytes")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            context = scope["state"]["context"]
+            await error_response(self._too_large(), context.request_id)(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:  # an HTTPException: FastAPI passes it through
+                    raise self._too_large()
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+class DisconnectCanceller:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        body_read = asyncio.Event()
+        responded = hung_up = False
+
+        async def receive_body() -> Message:
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_read.set()
+            return message
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal responded
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                responded = True
+            await send(message)
+
+        async def watch() -> None:
+            nonlocal hung_up
+            await body_read.wait()  # only then is the next message the client's hang-up
+            if (await receive())["type"] == "http.disconnect" and not responded:
+                hung_up = True
+                task.cancel()
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await self.app(scope, receive_body, send_tracked)
+        except asyncio.CancelledError:
+            if not hung_up:
+                raise
+            task.uncancel()  # our own cancellation, not the server's: end quietly
+            raise ClientDisconnect() from None
+        finally:
+            watcher.cancel()

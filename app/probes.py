@@ -1,0 +1,34 @@
+"""Probes for orchestrators and scrapers: /health, /ready, /metrics. Never behind a key."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from app.dependencies import LifecycleDep, MetricsDep
+from app.errors import NotReadyError, ShuttingDownError
+from app.render import OrjsonResponse
+from app.schemas import ErrorResponse, HealthResponse, ReadyResponse
+
+probes = APIRouter()
+
+
+@probes.get("/health", response_model=HealthResponse)
+async def health() -> Response:
+    """Liveness: the process answers HTTP."""
+    return OrjsonResponse({"status": "ok"})
+
+
+@probes.get("/ready", response_model=ReadyResponse, responses={503: {"model": ErrorResponse}})
+async def ready(lifecycle: LifecycleDep) -> Response:
+    """Readiness: the model is loaded and warmed up, and the service is not draining."""
+    if lifecycle.draining:
+        raise ShuttingDownError("the service is shutting down")
+    if not lifecycle.ready:
+        raise NotReadyError("the model is not ready yet")
+    return OrjsonResponse({"status": "ready"})
+
+
+@probes.get("/metrics", response_class=Response)
+async def metrics(registry: MetricsDep) -> Response:
+    """Prometheus metrics in the text exposition format."""
+    return Response(registry.render(), media_type=registry.content_type)

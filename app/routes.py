@@ -1,0 +1,253 @@
+"""The HTTP surface. Each route parses, runs the model through the batcher, renders.
+
+`api` holds the five verbs and /model, behind the API-key guard when keys are set
+(the probes, which never need a key, are in `app.probes`).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import torch
+from anyio import to_thread
+from fastapi import APIRouter, Request, Response
+
+from app.config import Settings
+from app.context import RequestContext
+from app.dependencies import ContextDep, InferenceDep, RuntimeDep, SettingsDep
+from app.errors import (
+    LatentSizeError,
+    OutOfRangeError,
+    TooManyImagesError,
+)
+from app.images import DecodedImages, heatmaps_to_base64_png, load_images
+from app.inference import Inference
+from app.latents import draw_seed, interpolation_path, posterior_sample, prior_sample
+from app.openapi import request_body
+from app.payloads import ImageBody, read_image_body
+from app.render import OrjsonResponse, floats, image_payload
+from app.schemas import (
+    AnomalyForm,
+    AnomalyRequest,
+    AnomalyResponse,
+    DecodeRequest,
+    DecodeResponse,
+    EncodeForm,
+    EncodeRequest,
+    EncodeResponse,
+    ErrorResponse,
+    ImageShape,
+    InterpolateForm,
+    InterpolateRequest,
+    InterpolateResponse,
+    Limits,
+    ModelInfo,
+    SampleRequest,
+    SampleResponse,
+)
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (401, 413, 415, 422, 500, 503, 504)
+}
+SIDES = ("start", "end")
+api = APIRouter(responses=ERRORS)
+
+
+async def _load(
+    body: ImageBody, model: Inference, settings: Settings, context: RequestContext
+) -> DecodedImages:
+    """Decode the uploads off the event loop (bounded by the request's deadline)."""
+    context.items = len(body.images)
+    job = partial(
+        load_images,
+        body.images,
+        model.metadata,
+        max_pixels=settings.max_pixels,
+        deadline=context.deadline,
+        names=body.names,
+    )
+    return await to_thread.run_sync(job)
+
+
+async def _images_out(images: torch.Tensor, image_format: str) -> dict[str, Any]:
+    return await to_thread.run_sync(image_payload, images, image_format)
+
+
+def _latents(vectors: list[list[float]], dim: int, where: str) -> torch.Tensor:
+    for index, vector in enumerate(vectors):
+        if len(vector) != dim:
+            raise LatentSizeError(
+                f"{where}[{index}] has {len(vector)} values; this model's latent size is {dim}"
+            )
+    return torch.tensor(vectors, dtype=torch.float32).reshape(len(vectors), dim)
+
+
+@api.post(
+    "/encode", response_model=EncodeResponse, openapi_extra=request_body(EncodeRequest, EncodeForm)
+)
+async def encode(
+    request: Request, model: InferenceDep, settings: SettingsDep, context: ContextDep
+) -> Response:
+    """Encode images (JSON base64 or multipart `files`) to mu, logvar and, if asked, z."""
+    body = await read_image_body(request, EncodeRequest, EncodeForm, settings.max_images)
+    images = await _load(body, model, settings, context)
+    mu, logvar = await model.encode(images.tensor, context)
+    options = body.options
+    seed = (draw_seed() if options.seed is None else options.seed) if options.sample else None
+    z = None if seed is None else floats(posterior_sample(mu, logvar, seed=seed))
+    return OrjsonResponse(
+        {
+            "mu": floats(mu),
+            "logvar": floats(logvar),
+            "z": z,
+            "seed": seed,
+            "conversions": images.conversions,
+        }
+    )
+
+
+@api.post("/decode", response_model=DecodeResponse)
+async def decode(
+    body: DecodeRequest, model: InferenceDep, settings: SettingsDep, context: ContextDep
+) -> Response:
+    """Decode latent vectors to images: base64 PNG, or [C][H][W] arrays with format=array."""
+    if len(body.latents) > settings.max_images:
+        raise TooManyImagesError(f"{len(body.latents)} latents; at most {settings.max_images}")
+    latents = _latents(body.latents, model.metadata.latent_dim, "latents")
+    context.items = len(latents)
+    images = await model.decode(latents, context)
+    return OrjsonResponse(await _images_out(images, body.format))
+
+
+@api.post("/sample", response_model=SampleResponse)
+async def sample(
+    body: SampleRequest, model: InferenceDep, settings: SettingsDep, context: ContextDep
+) -> Response:
+    """Draw n images from the prior; the same seed gives the same images."""
+    if body.n > settings.max_samples:
+        raise OutOfRangeError(f"n={body.n}: at most {settings.max_samples} samples per request")
+    seed = draw_seed() if body.seed is None else body.seed
+    latents = prior_sample(
+        body.n, model.metadata.latent_dim, temperature=body.temperature, seed=seed
+    )
+    context.items = body.n
+    images = await model.decode(latents, context)
+    rendered = await _images_out(images, body.format)
+    return OrjsonResponse({**rendered, "latents": floats(latents), "seed": seed})
+
+
+@api.post(
+    "/interpolate",
+    response_model=InterpolateResponse,
+    openapi_extra=request_body(InterpolateRequest, InterpolateForm),
+)
+async def interpolate(
+    request: Request, model: InferenceDep, settings: SettingsDep, context: ContextDep
+) -> Response:
+    """Walk in latent space from start to end (images or latents), both ends included."""
+    body = await read_image_body(request, InterpolateRequest, InterpolateForm, max_images=2)
+    options = body.options
+    if options.steps > settings.max_steps:
+        raise OutOfRangeError(f"steps={options.steps}: at most {settings.max_steps}")
+    ends, conversions = await _endpoints(body, model, settings, context)
+    path = interpolation_path(ends[0], ends[1], options.steps, options.method)
+    context.items = options.steps
+    images = await model.decode(path, context)
+    rendered = await _images_out(images, options.format)
+    return OrjsonResponse({**rendered, "latents": floats(path), "conversions": conversions})
+
+
+async def _endpoints(
+    body: ImageBody, model: Inference, settings: Settings, context: RequestContext
+) -> tuple[list[torch.Tensor], dict[str, list[str]]]:
+    """Both ends as latent vectors (D,): latents as given, images encoded (one call) to mu."""
+    options, dim = body.options, model.metadata.latent_dim
+    ends: list[tuple[list[float] | None, str | bytes | None, str]]
+    if isinstance(options, InterpolateForm):
+        ends = [(None, image, name) for image, name in zip(body.images, body.names, strict=True)]
+    else:
+        ends = [
+            (end.latent, end.image, f"{name}.image")
+            for name, end in (("start", options.start), ("end", options.end))
+        ]
+    vectors: list[torch.Tensor | None] = [
+        None if latent is None else _latents([latent], dim, f"{side}.latent")[0]
+        for (latent, _, _), side in zip(ends, SIDES, strict=True)
+    ]
+    notes: dict[str, list[str]] = {side: [] for side in SIDES}
+    pending = [i for i, (_, image, _) in enumerate(ends) if image is not None]
+    if pending:
+        blobs = [image for i in pending if (image := ends[i][1]) is not None]
+        uploads = ImageBody(options, blobs, [ends[i][2] for i in pending])
+        images = await _load(uploads, model, settings, context)
+        mu, _ = await model.encode(images.tensor, context)
+        for row, i in enumerate(pending):
+            vectors[i] = mu[row]
+            notes[SIDES[i]] = images.conversions[row]
+    return [vector for vector in vectors if vector is not None], notes
+
+
+@api.post(
+    "/anomaly",
+    response_model=AnomalyResponse,
+    openapi_extra=request_body(AnomalyRequest, AnomalyForm),
+)
+async def anomaly(
+    request: Request, model: InferenceDep, settings: SettingsDep, context: ContextDep
+) -> Response:
+    """Score images against the calibration: score, threshold, percentile, heat map."""
+    body = await read_image_body(request, AnomalyRequest, AnomalyForm, settings.max_images)
+    images = await _load(body, model, settings, context)
+    scores, pixel_nll = await model.score(images.tensor, context, heatmap=body.options.heatmap)
+    heatmaps: list[str | None] = [None] * len(scores)
+    if pixel_nll is not None:
+        heatmaps = list(await to_thread.run_sync(heatmaps_to_base64_png, pixel_nll))
+    calibration = model.metadata.calibration
+    results = [
+        {
+            "score": score,
+            "threshold": calibration.threshold,
+            "is_anomaly": score > calibration.threshold,
+            "percentile": calibration.percentile(score),
+            "heatmap": heatmap,
+            "conversions": notes,
+        }
+        for score, heatmap, notes in zip(scores.tolist(), heatmaps, images.conversions, strict=True)
+    ]
+    return OrjsonResponse({"results": results})
+
+
+@api.get("/model", response_model=ModelInfo)
+async def model_info(runtime: RuntimeDep, settings: SettingsDep) -> Response:
+    """What a client needs: shapes, latent size, likelihood, calibration, metrics, limits."""
+    meta = runtime.metadata
+    info = ModelInfo(
+        **meta.model_dump(
+            include={
+                "name",
+                "format_version",
+                "architecture",
+                "likelihood",
+                "latent_dim",
+                "preprocessing",
+                "calibration",
+                "metrics",
+                "training",
+                "data_fingerprint",
+                "torch_version",
+                "created_at",
+            }
+        ),
+        image=ImageShape(channels=meta.channels, height=meta.height, width=meta.width),
+        device=str(runtime.device),
+        limits=Limits(
+            max_images=settings.max_images,
+            max_pixels=settings.max_pixels,
+            max_body_bytes=settings.max_body_bytes,
+            max_samples=settings.max_samples,
+            max_steps=settings.max_steps,
+            max_batch_size=settings.max_batch_size,
+        ),
+    )
+    return OrjsonResponse(info.model_dump(mode="json"))

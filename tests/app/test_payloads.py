@@ -1,0 +1,103 @@
+"""Bodies the routes read themselves: JSON or multipart, and everything a client can get wrong."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.mark.parametrize("path", ["/encode", "/anomaly"])
+async def test_corrupt_upload_is_invalid_image(client, assert_error, path):
+    files = [("files", ("bad.png", b"\x89PNG\r\n\x1a\n garbage", "image/png"))]
+    response = await client.post(path, files=files)
+    assert_error(response, 422, "invalid_image")
+    assert "files[0] (bad.png)" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("path", ["/encode", "/anomaly"])
+async def test_text_file_is_invalid_image(client, assert_error, path, images):
+    response = await client.post(path, json={"images": [*images(1), "aGVsbG8gd29ybGQ="]})
+    assert_error(response, 422, "invalid_image")
+    assert response.json()["error"]["message"].startswith("images[1]:")
+
+
+async def test_bad_base64_is_invalid_image(client, assert_error):
+    assert_error(await client.post("/encode", json={"images": ["%%%"]}), 422, "invalid_image")
+
+
+async def test_unsupported_mode_upload(client, assert_error, encode_file, b64):
+    tiff = b64(encode_file(np.ones((28, 28), dtype=np.float32), fmt="TIFF"))
+    assert_error(await client.post("/encode", json={"images": [tiff]}), 422, "unsupported_mode")
+
+
+async def test_oversize_image(serve, assert_error, digit_png, b64):
+    async with serve(max_pixels=28 * 28) as client:
+        response = await client.post("/anomaly", json={"images": [b64(digit_png(1, size=29))]})
+        assert_error(response, 413, "image_too_large")
+
+
+async def test_too_many_images_json_and_multipart(serve, assert_error, images, digit_png):
+    async with serve(max_images=2, max_samples=2, max_steps=2) as client:
+        response = await client.post("/encode", json={"images": images(3)})
+        assert_error(response, 413, "too_many_images")
+        files = [("files", (f"{i}.png", digit_png(i), "image/png")) for i in range(3)]
+        assert_error(await client.post("/anomaly", files=files), 413, "too_many_images")
+
+
+async def test_empty_image_list(client, assert_error):
+    assert_error(await client.post("/encode", json={"images": []}), 422, "invalid_request")
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [("text/plain", b"hello"), ("application/x-www-form-urlencoded", b"images=x"), (None, b"")],
+)
+async def test_wrong_content_type(client, assert_error, content_type, body):
+    headers = {"content-type": content_type} if content_type else {}
+    response = await client.post("/encode", content=body, headers=headers)
+    assert_error(response, 415, "unsupported_media_type")
+
+
+async def test_invalid_json(client, assert_error):
+    response = await client.post(
+        "/anomaly", content=b'{"images": [', headers={"content-type": "application/json"}
+    )
+    assert_error(response, 422, "invalid_json")
+
+
+async def test_json_nan_is_refused_by_self_parsed_routes(client, assert_error):
+    body = b'{"start": {"latent": [NaN, 0, 0, 0]}, "end": {"latent": [0, 0, 0, 0]}}'
+    response = await client.post(
+        "/interpolate", content=body, headers={"content-type": "application/json"}
+    )
+    assert_error(response, 422, "invalid_json")
+
+
+async def test_multipart_without_files(client, assert_error):
+    response = await client.post("/encode", data={"sample": "true"}, files={"x": ("a", b"")})
+    assert_error(response, 422, "invalid_request")
+    assert "files" in response.json()["error"]["message"]
+
+
+async def test_multipart_files_as_text_fields(client, assert_error):
+    response = await client.post("/encode", data={"files": "abc"}, files={"x": ("a", b"")})
+    assert_error(response, 422, "invalid_multipart")
+
+
+async def test_multipart_bad_option(client, assert_error, digit_png):
+    files = [("files", ("a.png", digit_png(1), "image/png"))]
+    response = await client.post("/encode", files=files, data={"seed": "minus one"})
+    assert_error(response, 422, "invalid_request")
+
+
+async def test_broken_multipart_body(client, assert_error):
+    headers = {"content-type": "multipart/form-data"}  # no boundary
+    response = await client.post("/anomaly", content=b"--x\r\n", headers=headers)
+    assert_error(response, 422, "invalid_multipart")
+
+
+async def test_interpolate_needs_exactly_two_files(client, assert_error, digit_png):
+    files = [("files", ("a.png", digit_png(1), "image/png"))]
+    assert_error(await client.post("/interpolate", files=files), 422, "invalid_request")

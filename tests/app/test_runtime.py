@@ -1,0 +1,79 @@
+"""The model side: device choice, artifact loading, the batched ops, padding and warm-up."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from app.config import Settings
+from app.runtime import OPS, WARMUP_PASSES, ModelRuntime, StartupError, pick_device
+
+
+@pytest.fixture(scope="module")
+def runtime(artifact_dir) -> ModelRuntime:
+    settings = Settings(model_dir=artifact_dir, device="cpu", max_batch_size=8)
+    return ModelRuntime.load(settings)
+
+
+def test_auto_device_is_cuda_only_when_present():
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert pick_device("auto").type == expected
+    assert pick_device("cpu") == torch.device("cpu")
+
+
+def test_missing_cuda_device_is_a_startup_error():
+    with pytest.raises(StartupError, match="cuda:99"):
+        pick_device("cuda:99")
+
+
+def test_missing_artifact_is_a_one_line_startup_error(tmp_path):
+    with pytest.raises(StartupError) as caught:
+        ModelRuntime.load(Settings(model_dir=tmp_path, device="cpu"))
+    assert "no model.json" in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("op", "rows", "shapes"),
+    [
+        ("encode", 3, [(3, 4), (3, 4)]),
+        ("decode", 5, [(5, 1, 28, 28)]),
+        ("score", 1, [(1,)]),
+        ("score_heatmap", 7, [(7,), (7, 1, 28, 28)]),
+    ],
+)
+def test_ops_return_one_row_per_input_row(runtime, op, rows, shapes):
+    batch = torch.rand(rows, *runtime.row_shape(op))
+    outputs = runtime.run(op, batch)
+    assert [tuple(o.shape) for o in outputs] == shapes
+    assert all(o.device.type == "cpu" and o.dtype == torch.float32 for o in outputs)
+
+
+def test_padding_to_a_bucket_does_not_change_results(runtime):
+    images = torch.rand(5, 1, 28, 28)
+    together = runtime.run("score", images)[0]  # padded to 8 rows
+    alone = torch.cat([runtime.run("score", images[i : i + 1])[0] for i in range(5)])
+    assert torch.allclose(together, alone, rtol=1e-5)
+
+
+def test_staging_buffers_are_reused_per_bucket(runtime):
+    runtime.run("decode", torch.zeros(3, 4))
+    runtime.run("decode", torch.zeros(4, 4))
+    assert (4, 4) in runtime._staging and (3, 4) not in runtime._staging
+
+
+def test_warmup_covers_every_op_at_every_bucket(runtime):
+    batches = runtime.warmup_batches()
+    assert runtime.batch_sizes == (1, 2, 4, 8)
+    seen = {(op, len(rows)) for op, rows in batches}
+    assert seen == {(op, size) for op in OPS for size in (1, 2, 4, 8)}
+    assert len(batches) == len(seen) * WARMUP_PASSES
+
+
+def test_module_methods_match_the_ops(runtime):
+    images = torch.rand(2, 1, 28, 28)
+    mu, logvar = runtime.run("encode", images)
+    expected_mu, expected_logvar = runtime.module.encode(images)
+    assert torch.allclose(mu, expected_mu) and torch.allclose(logvar, expected_logvar)
+    score, nll = runtime.run("score_heatmap", images)
+    assert torch.allclose(score, runtime.module.score(images))
+    assert torch.allclose(nll, runtime.module.pixel_nll(images))

@@ -1,0 +1,92 @@
+"""Shared fixtures: the anyio backend, a clean `VAE_*` environment, and a tiny real artifact.
+
+The artifact is a real `training.model.VAE` (an MLP with latent size 4), trained for a
+few steps on random images and exported through `app.artifact.save_artifact`, the same
+path the trainer uses; its calibration comes from the model's own scores.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from app.artifact import FORMAT_VERSION, Calibration, ModelMetadata, Preprocessing, save_artifact
+from training.model import VAE, ModelConfig
+
+TINY = ModelConfig(architecture="mlp", hidden=(32,), latent_dim=4, image_size=28, score_samples=4)
+LEVELS = [0.0, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 1.0]
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _clean_environment() -> Iterator[None]:
+    """No `VAE_*` variable of the machine running the tests reaches a test's settings."""
+    saved = {key: os.environ.pop(key) for key in list(os.environ) if key.startswith("VAE_")}
+    yield
+    os.environ.update(saved)
+
+
+def train_tiny_vae(steps: int = 20, seed: int = 0) -> VAE:
+    """A few Adam steps on random binary-ish images: enough for non-trivial weights."""
+    torch.manual_seed(seed)
+    model = VAE(TINY)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        images = (torch.rand(32, 1, 28, 28) > 0.7).float()
+        recon, kl, _ = model(images)
+        loss = (recon + kl.sum(1)).mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    return model.eval()
+
+
+def tiny_metadata(model: VAE) -> ModelMetadata:
+    with torch.no_grad():
+        scores = model.score((torch.rand(200, 1, 28, 28) > 0.7).float())
+    quantiles = torch.quantile(scores, torch.tensor(LEVELS)).tolist()
+    calibration = Calibration(
+        score="iwae",
+        score_samples=TINY.score_samples,
+        count=len(scores),
+        levels=LEVELS,
+        quantiles=quantiles,
+        threshold_level=0.99,
+        threshold=quantiles[LEVELS.index(0.99)],
+    )
+    return ModelMetadata(
+        format_version=FORMAT_VERSION,
+        name="tiny-test-vae",
+        channels=1,
+        height=28,
+        width=28,
+        latent_dim=TINY.latent_dim,
+        likelihood="bernoulli",
+        architecture="mlp",
+        preprocessing=Preprocessing(color_mode="L"),
+        calibration=calibration,
+        metrics={"test_nelbo": float(scores.mean())},
+        training=TINY.to_dict(),
+        data_fingerprint="0" * 64,
+        torch_version=torch.__version__,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_vae() -> VAE:
+    return train_tiny_vae()
+
+
+@pytest.fixture(scope="session")
+def artifact_dir(tmp_path_factory: pytest.TempPathFactory, tiny_vae: VAE) -> Path:
+    """A real exported artifact folder (model.pt + model.json) for the tiny VAE."""
+    directory = tmp_path_factory.mktemp("artifact")
+    return save_artifact(tiny_vae, tiny_metadata(tiny_vae), directory)
