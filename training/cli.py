@@ -19,6 +19,7 @@ EXAMPLES = """examples:
   python -m training --classes 3 --name mnist-3       # an anomaly model of "normal" threes
   python -m training --data photos/ --image-size 64 --channels 3 --likelihood gaussian
   python -m training --resume runs/mnist/last.pt      # continue an interrupted run
+  torchrun --standalone --nproc-per-node 2 -m training  # data parallel: 2 processes (GPUs)
 """
 
 
@@ -59,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _train(args: argparse.Namespace) -> None:
     config = flags.config_from_args(args)
     fit = pipeline.run(config)
+    if fit is None:  # a torchrun rank other than 0: rank 0 reports
+        return
     print(f"artifact: {fit.artifact}")
     metrics = fit.metrics
     print(

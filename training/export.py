@@ -35,8 +35,10 @@ def build_metadata(
     calibration: Calibration,
     metrics: dict[str, float],
     data_fingerprint: str,
+    world_size: int = 1,
 ) -> ModelMetadata:
-    """Everything `model.json` holds; `training` is the full recipe plus the network."""
+    """Everything `model.json` holds; `training` is the full recipe plus the network and
+    the number of processes it ran on (torchrun's world size)."""
     return ModelMetadata(
         format_version=FORMAT_VERSION,
         name=config.run_name,
@@ -49,7 +51,11 @@ def build_metadata(
         preprocessing=_preprocessing(model_config.channels),
         calibration=calibration,
         metrics=metrics,
-        training={**config.to_dict(), "model_config": model_config.to_dict()},
+        training={
+            **config.to_dict(),
+            "model_config": model_config.to_dict(),
+            "world_size": world_size,
+        },
         data_fingerprint=data_fingerprint,
         torch_version=torch.__version__,
         created_at=datetime.now(UTC),

@@ -130,7 +130,11 @@ def add_optim_flags(parser: argparse.ArgumentParser, resume: bool = True) -> Non
     group = parser.add_argument_group("optimisation")
     group.add_argument("--epochs", type=int, default=DEFAULTS.epochs, help="training epochs")
     group.add_argument(
-        "--batch-size", type=int, default=DEFAULTS.batch_size, help="images per step"
+        "--batch-size",
+        type=int,
+        default=DEFAULTS.batch_size,
+        help="images per optimizer step; under torchrun the global batch, split evenly "
+        "over the processes, so a recipe means the same at any scale",
     )
     group.add_argument(
         "--lr", type=float, default=DEFAULTS.lr, help="Adam learning rate, then a cosine decay"

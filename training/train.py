@@ -5,7 +5,8 @@ learned variance) + beta * warm-up(step) * KL, where KL is summed over latent
 dimensions after a per-dimension free-bits floor on its batch average. The learning
 rate follows a cosine schedule per step. Each epoch is seeded from (seed, epoch), so
 its shuffle, shifts and reparameterisation noise are the same whether or not the
-run was resumed in between.
+run was resumed in between. Under torchrun each rank trains on its shard of every
+epoch and draws its own noise (see `training.distributed`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from training import checkpoint
@@ -25,6 +26,7 @@ from training.augment import shift_augment
 from training.checkpoint import Progress, RunIdentity
 from training.config import TrainConfig
 from training.dataset import ImageSet
+from training.distributed import ALONE, World
 from training.errors import CheckpointError, ConfigError
 from training.metrics import negative_elbo
 from training.model import VAE, LossWeights, ModelConfig
@@ -40,7 +42,8 @@ class TrainResult:
     best_epoch: int
     best_val_nelbo: float
     epochs: int  # epochs completed in all, counting those before a --resume
-    images_per_second: float
+    images_per_second: float  # by all ranks together
+    images_trained: int  # by this process in this run; under torchrun, its shards only
 
     def metrics(self) -> dict[str, float]:
         return {
@@ -75,9 +78,9 @@ def cosine_lr(step: int, total_steps: int, base: float) -> float:
 
 
 def loss_terms(
-    model: VAE, x: Tensor, weights: LossWeights, step: int
+    model: nn.Module, x: Tensor, weights: LossWeights, step: int
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """(loss, mean reconstruction nll, mean KL) for one batch; nats per image."""
+    """(loss, mean reconstruction nll, mean KL) for one batch of a VAE (or DDP around one)."""
     recon, kl, _ = model(x)  # (N,), (N, D)
     kl_per_dim = kl.mean(0)  # (D,)
     # Free bits (Kingma et al. 2016): a dimension below the floor gets no KL gradient,
@@ -94,18 +97,24 @@ def train(
     val_set: ImageSet,
     data_fingerprint: str,
     log: Log = print,
+    world: World = ALONE,
 ) -> TrainResult:
-    """Train, checkpointing every epoch; return the model with the best validation weights."""
+    """Train, checkpointing every epoch; return the model with the best validation weights.
+
+    Under torchrun every rank calls this; rank 0 alone writes the checkpoints.
+    """
+    world.require_shareable(config.batch_size, len(val_set))
     run = RunIdentity(config, model_config, data_fingerprint)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)  # the initial weights
-    model = VAE(model_config).to(resolve_device(config.device))
+    model = VAE(model_config).to(world.rank_device(resolve_device(config.device)))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     progress = Progress()
-    if config.resume:
+    if config.resume:  # every rank loads the same checkpoint
         progress = checkpoint.resume(Path(config.resume), run, model, optimizer)
         log(f"resumed from {config.resume} after epoch {progress.epoch}")
+    replica = world.wrap(model)  # takes the steps; `model` is what is validated and saved
     images = train_set.images.to(next(model.parameters()).device)
     steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
     weights = LossWeights(
@@ -118,33 +127,40 @@ def train(
     for epoch in range(progress.epoch + 1, config.epochs + 1):
         started = time.monotonic()
         loss, recon, kl, count = _train_epoch(
-            model, optimizer, images, config, weights, progress, epoch, deadline
+            replica, optimizer, images, config, weights, progress, epoch, deadline, world
         )
         seconds = time.monotonic() - started
         seen, busy = seen + count, busy + seconds
-        val = float(negative_elbo(model.eval(), val_set.images, seed=config.seed).mean())
+        nelbo = negative_elbo(model.eval(), world.stride(val_set.images), seed=config.seed)
+        val = world.mean(nelbo)  # the same on every rank, so all agree on the best epoch
         improved = progress.record(epoch, val, model)
-        checkpoint.save_last(run, model, optimizer, progress)
-        if improved:
-            checkpoint.save_best(run, progress)
+        if world.is_main:
+            checkpoint.save_last(run, model, optimizer, progress)
+            if improved:
+                checkpoint.save_best(run, progress)
         log(
             f"epoch {epoch}/{config.epochs}  loss {loss:.2f}  recon {recon:.2f}  kl {kl:.2f}  "
             f"val nelbo {val:.2f}{' (best)' if improved else ''}  "
-            f"{count / max(seconds, 1e-9):.0f} img/s"
+            f"{world.size * count / max(seconds, 1e-9):.0f} img/s"
         )
-        if deadline is not None and time.monotonic() > deadline:
+        if deadline is not None and world.any_rank(time.monotonic() > deadline):
             log(f"--max-minutes {config.max_minutes} reached after epoch {epoch}; stopping")
             break
     if progress.best_weights is None:
         raise CheckpointError("no epoch was trained and the checkpoint holds no best weights")
     model.load_state_dict(progress.best_weights)
     return TrainResult(
-        model.eval(), progress.best_epoch, progress.best_val, progress.epoch, seen / max(busy, 1e-9)
+        model.eval(),
+        progress.best_epoch,
+        progress.best_val,
+        progress.epoch,
+        world.size * seen / max(busy, 1e-9),
+        seen,
     )
 
 
 def _train_epoch(
-    model: VAE,
+    model: nn.Module,
     optimizer: torch.optim.Optimizer,
     images: Tensor,
     config: TrainConfig,
@@ -152,15 +168,25 @@ def _train_epoch(
     progress: Progress,
     epoch: int,
     deadline: float | None,
+    world: World,
 ) -> tuple[float, float, float, int]:
-    """One pass over the shuffled training images; returns mean loss, recon, KL, images."""
+    """One pass over the shuffled training images (under torchrun, over this rank's shard);
+    returns mean loss, recon, KL, and the number of images."""
     model.train()
     torch.manual_seed(config.seed * 1_000_003 + epoch)
     total_steps = config.epochs * math.ceil(len(images) / config.batch_size)
     sums, count = torch.zeros(3, device=images.device), 0
-    batches = torch.randperm(len(images), device=images.device).split(config.batch_size)
+    order = world.shard(torch.randperm(len(images), device=images.device))
+    batches = order.split(world.local_batch(config.batch_size))
+    world.seed_rank(config.seed * 1_000_003 + epoch)  # one shuffle for all, noise per rank
     # counted in images, so tqdm's own rate reads img/s; disable=None: quiet without a terminal
-    bar = tqdm(total=len(images), desc=f"epoch {epoch}", unit="img", leave=False, disable=None)
+    bar = tqdm(
+        total=len(order),
+        desc=f"epoch {epoch}",
+        unit="img",
+        leave=False,
+        disable=None if world.is_main else True,
+    )
     for index in batches:
         x = shift_augment(images[index], config.augment_shift)  # (B, C, H, W)
         for group in optimizer.param_groups:
@@ -176,7 +202,7 @@ def _train_epoch(
         if progress.step % 20 == 0:  # .tolist() waits for the GPU; not every step
             mean = (sums / count).tolist()
             bar.set_postfix(loss=f"{mean[0]:.1f}", recon=f"{mean[1]:.1f}", kl=f"{mean[2]:.1f}")
-        if deadline is not None and time.monotonic() > deadline:
+        if deadline is not None and world.any_rank(time.monotonic() > deadline):
             break
     bar.close()
     loss_mean, recon_mean, kl_mean = (sums / max(count, 1)).tolist()
