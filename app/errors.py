@@ -139,8 +139,18 @@ class NonFiniteResultError(ServiceError):
     code = "non_finite_output"
 
 
+def codes_for(status: int) -> list[str]:
+    """Every `code` of the tree above that is answered with `status`, root first."""
+    codes, pending = [], [ServiceError]
+    while pending:
+        error = pending.pop(0)
+        if error.status_code == status and error.code not in codes:
+            codes.append(error.code)
+        pending.extend(error.__subclasses__())
+    return codes
+
+
 _CODES_BY_STATUS = {
-    400: "bad_request",
     401: "unauthorized",
     404: "not_found",
     405: "method_not_allowed",
@@ -181,12 +191,26 @@ def as_service_error(exc: Exception, request_id: str = "-") -> ServiceError:
         return exc
     if isinstance(exc, RequestValidationError):
         return from_validation_errors(exc.errors())
+    if isinstance(exc, HTTPException) and exc.status_code == 400:
+        # FastAPI's own body parsing failed other than on JSON syntax (bytes that are not
+        # UTF-8, nesting too deep for its parser). Every body it parses here is JSON, so
+        # this is the 422 that `app.payloads.read_json` answers for the same bytes.
+        return InvalidJsonError(f"the body is not valid JSON: {_parse_failure(exc)}")
     if isinstance(exc, HTTPException):
         error = ServiceError(str(exc.detail), headers=dict(exc.headers or {}))
         error.status_code = exc.status_code
         error.code = _CODES_BY_STATUS.get(exc.status_code, f"http_{exc.status_code}")
         return error
     return ServiceError(f"internal error; quote request id {request_id} when reporting it")
+
+
+def _parse_failure(exc: HTTPException) -> str:
+    cause = exc.__cause__
+    if isinstance(cause, UnicodeDecodeError):
+        return "it is not UTF-8"
+    if isinstance(cause, RecursionError):
+        return "it is nested too deeply"
+    return str(exc.detail)
 
 
 def error_response(error: ServiceError, request_id: str) -> Response:

@@ -41,7 +41,7 @@ from app.middleware import (
     DrainGate,
     RequestContextMiddleware,
 )
-from app.openapi import install_openapi
+from app.openapi import error_responses, install_openapi
 from app.render import OrjsonResponse
 from app.runtime import ModelRuntime, StartupError, warm_up
 from app.schemas import (
@@ -81,6 +81,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=_lifespan(settings, metrics, lifecycle),
         default_response_class=OrjsonResponse,
+        # what the middleware may answer on any path: the body limit, a bad header, a bug
+        responses=error_responses(413, 422, 500),
     )
     for error in (HTTPException, RequestValidationError):
         app.add_exception_handler(error, handle_error)

@@ -40,6 +40,7 @@ access_log = logging.getLogger("vae.access")
 error_log = logging.getLogger("vae.errors")
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # anything else could forge log lines
+DIGITS = re.compile(r"[0-9]+")
 PROBES = ("/health", "/ready", "/metrics")
 CLIENT_CLOSED = 499  # nginx's status for "the client closed the connection first"
 
@@ -50,13 +51,28 @@ def _endpoint(scope: Scope) -> str:
     return getattr(route, "path", "unmatched")
 
 
+def _count(raw: str, limit: int) -> int | None:
+    """The number in a header, or `limit + 1` for any beyond `limit`; None if not a number.
+
+    ASCII digits only (`str.isdigit` also takes "²", which `int` refuses), and never
+    `int` of a long string (it refuses more than 4300 digits): either would be a 500.
+    """
+    if not DIGITS.fullmatch(raw):
+        return None
+    digits = raw.lstrip("0") or "0"
+    if len(digits) > len(str(limit)):
+        return limit + 1
+    return min(int(digits), limit + 1)
+
+
 def _deadline(headers: Headers, default_ms: int, now: float) -> float:
     raw = headers.get("x-request-timeout-ms")
     if raw is None:
         return now + default_ms / 1000
-    if not raw.isdigit() or int(raw) < 1:
+    asked = _count(raw, default_ms)
+    if asked is None or asked < 1:
         raise InvalidHeaderError("X-Request-Timeout-Ms must be a positive integer (milliseconds)")
-    return now + min(int(raw), default_ms) / 1000  # a client may ask for less, never more
+    return now + min(asked, default_ms) / 1000  # a client may ask for less, never more
 
 
 class RequestContextMiddleware:
@@ -144,8 +160,8 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = Headers(scope=scope).get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_bytes:
+        declared = _count(Headers(scope=scope).get("content-length", ""), self.max_bytes)
+        if declared is not None and declared > self.max_bytes:
             context = scope["state"]["context"]
             await error_response(self._too_large(), context.request_id)(scope, receive, send)
             return

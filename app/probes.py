@@ -6,9 +6,11 @@ from fastapi import APIRouter, Response
 
 from app.dependencies import LifecycleDep, MetricsDep
 from app.errors import NotReadyError, ShuttingDownError
+from app.openapi import error_responses
 from app.render import OrjsonResponse
-from app.schemas import ErrorResponse, HealthResponse, ReadyResponse
+from app.schemas import HealthResponse, ReadyResponse
 
+PROMETHEUS_TEXT = {"text/plain": {"schema": {"type": "string"}}}
 probes = APIRouter()
 
 
@@ -18,7 +20,7 @@ async def health() -> Response:
     return OrjsonResponse({"status": "ok"})
 
 
-@probes.get("/ready", response_model=ReadyResponse, responses={503: {"model": ErrorResponse}})
+@probes.get("/ready", response_model=ReadyResponse, responses=error_responses(503))
 async def ready(lifecycle: LifecycleDep) -> Response:
     """Readiness: the model is loaded and warmed up, and the service is not draining."""
     if lifecycle.draining:
@@ -28,7 +30,7 @@ async def ready(lifecycle: LifecycleDep) -> Response:
     return OrjsonResponse({"status": "ready"})
 
 
-@probes.get("/metrics", response_class=Response)
+@probes.get("/metrics", response_class=Response, responses={200: {"content": PROMETHEUS_TEXT}})
 async def metrics(registry: MetricsDep) -> Response:
     """Prometheus metrics in the text exposition format."""
     return Response(registry.render(), media_type=registry.content_type)

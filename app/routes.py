@@ -24,7 +24,7 @@ from app.errors import (
 from app.images import DecodedImages, heatmaps_to_base64_png, load_images
 from app.inference import Inference
 from app.latents import draw_seed, interpolation_path, posterior_sample, prior_sample
-from app.openapi import request_body
+from app.openapi import error_responses, request_body
 from app.payloads import ImageBody, read_image_body
 from app.render import OrjsonResponse, floats, image_payload
 from app.schemas import (
@@ -36,7 +36,6 @@ from app.schemas import (
     EncodeForm,
     EncodeRequest,
     EncodeResponse,
-    ErrorResponse,
     ImageShape,
     InterpolateForm,
     InterpolateRequest,
@@ -47,11 +46,10 @@ from app.schemas import (
     SampleResponse,
 )
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (401, 413, 415, 422, 500, 503, 504)
-}
 SIDES = ("start", "end")
-api = APIRouter(responses=ERRORS)
+# beyond what the middleware answers on any path: the key guard, the drain gate and the
+# full queue, the deadline (415: `request_body`, for the routes that read their own)
+api = APIRouter(responses=error_responses(401, 503, 504))
 
 
 async def _load(

@@ -12,6 +12,7 @@ from app.errors import (
     ServiceError,
     TooManyImagesError,
     as_service_error,
+    codes_for,
     error_response,
     from_validation_errors,
 )
@@ -42,6 +43,28 @@ def test_validation_message_never_echoes_the_input():
 def test_http_exceptions_keep_their_status():
     error = as_service_error(HTTPException(404, "Not Found"))
     assert (error.status_code, error.code) == (404, "not_found")
+
+
+@pytest.mark.parametrize(
+    ("cause", "reason"),
+    [
+        (UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"), "not UTF-8"),
+        (RecursionError("maximum recursion depth exceeded"), "nested too deeply"),
+    ],
+)
+def test_framework_body_parse_failure_is_invalid_json(cause, reason):
+    """FastAPI's 400 for a body its JSON parser could not read: the 422 of `read_json`."""
+    exc = HTTPException(400, "There was an error parsing the body")
+    exc.__cause__ = cause
+    error = as_service_error(exc)
+    assert (error.status_code, error.code) == (422, "invalid_json")
+    assert reason in error.message
+
+
+def test_codes_for_a_status_walk_the_whole_tree():
+    assert codes_for(413) == ["payload_too_large", "too_many_images", "image_too_large"]
+    assert "unsupported_mode" in codes_for(422) and "non_finite_output" in codes_for(500)
+    assert codes_for(418) == []
 
 
 def test_unknown_exceptions_are_internal_with_the_request_id():

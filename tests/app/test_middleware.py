@@ -48,6 +48,29 @@ async def test_bad_timeout_header_is_422(client, assert_error, value):
     assert_error(response, 422, "invalid_header")
 
 
+@pytest.mark.parametrize(
+    ("value", "status"),
+    [("\N{SUPERSCRIPT TWO}".encode("latin-1"), 422), (b"9" * 5000, 200), (b"00005", 200)],
+    ids=["a digit int() refuses", "more digits than int() takes", "leading zeros"],
+)
+async def test_timeout_header_is_parsed_as_ascii_digits(client, value, status):
+    """Both of the first two were a 500: `str.isdigit` passed them, then `int` raised."""
+    response = await client.get("/health", headers={"X-Request-Timeout-Ms": value})
+    assert response.status_code == status, response.text
+
+
+@pytest.mark.parametrize(
+    ("declared", "status"),
+    [("\N{SUPERSCRIPT TWO}".encode("latin-1"), 200), (b"9" * 5000, 413)],
+    ids=["a digit int() refuses", "more digits than int() takes"],
+)
+async def test_odd_content_length_is_never_a_500(client, declared, status):
+    """Not a number: ignored (the limit on the bytes received still holds); too long: 413."""
+    headers = {"content-type": "application/json", "content-length": declared}
+    response = await client.post("/sample", content=b"{}", headers=headers)
+    assert response.status_code == status, response.text
+
+
 async def test_timeout_header_can_only_shorten_the_deadline(serve, slow_model, assert_error):
     async with serve(request_timeout_ms=5_000, max_batch_size=1) as client:
         response = await client.post(

@@ -6,6 +6,9 @@ import pytest
 
 pytestmark = pytest.mark.anyio
 
+PROBES = {"GET /health", "GET /ready", "GET /metrics"}
+SELF_PARSED = {"POST /encode", "POST /anomaly", "POST /interpolate"}  # JSON or multipart
+
 
 @pytest.fixture(scope="module")
 async def document(client):
@@ -60,11 +63,48 @@ async def test_request_models_carry_examples(document):
         assert schemas[name].get("examples"), name
 
 
+def operations(document: dict) -> dict[str, dict]:
+    return {
+        f"{method.upper()} {path}": operation
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+    }
+
+
 async def test_routes_document_their_errors_and_summaries(document):
     encode = document["paths"]["/encode"]["post"]
-    assert {"413", "422", "503", "504"} <= set(encode["responses"])
+    assert {"401", "413", "415", "422", "500", "503", "504"} <= set(encode["responses"])
     assert encode["description"]
     assert document["paths"]["/health"]["get"]["description"].startswith("Liveness")
+
+
+async def test_every_operation_documents_what_the_middleware_answers(document):
+    """Any path may answer 413 (body limit), 422 (a bad header) or 500, with the error body
+    and, like every response, X-Request-ID; and every path takes the two request headers."""
+    error_body = {"$ref": "#/components/schemas/ErrorResponse"}
+    for label, operation in operations(document).items():
+        responses = operation["responses"]
+        for status in ("413", "422", "500"):
+            assert responses[status]["content"]["application/json"]["schema"] == error_body, label
+        for status, response in responses.items():
+            assert response["headers"]["X-Request-ID"]["required"], (label, status)
+        headers = {p["name"] for p in operation["parameters"] if p["in"] == "header"}
+        assert headers == {"X-Request-ID", "X-Request-Timeout-Ms"}, label
+
+
+async def test_error_statuses_are_documented_where_they_can_happen(document):
+    for label, operation in operations(document).items():
+        statuses = set(operation["responses"])
+        assert ("401" in statuses) == (label not in PROBES), label
+        assert ("415" in statuses) == (label in SELF_PARSED), label
+    ready = document["paths"]["/ready"]["get"]["responses"]["503"]
+    assert ready["headers"]["Retry-After"]["required"]
+    assert "`shutting_down`" in ready["description"]
+
+
+async def test_metrics_document_the_prometheus_text(document):
+    content = document["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    assert set(content) == {"text/plain"}
 
 
 async def test_docs_page_is_served(client):

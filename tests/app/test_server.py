@@ -157,13 +157,15 @@ async def test_queued_request_of_a_departed_client_is_not_computed(http, slow_se
     await asyncio.sleep(0.2)  # earlier tests' batches are done
     rows = 'vae_batch_rows_sum{op="decode"}'
     before = await metric(http, rows)
-    # `ahead` fills the next two full batches (0-50 ms, 50-100 ms); the impatient request
-    # queues behind them and its client hangs up before the third batch could take it
+    # `ahead` fills the next two full batches (about 100 ms of model time); the impatient
+    # request queues behind them and its client hangs up before a batch could take it
     ahead = asyncio.ensure_future(http.post("/sample", json={"n": 8}))
-    await asyncio.sleep(0.01)
+    async with asyncio.timeout(5):
+        while await metric(http, "vae_in_flight_requests") < 1:
+            await asyncio.sleep(0.002)
     async with httpx.AsyncClient(base_url=slow_server.url, timeout=0.03) as impatient:
         with pytest.raises(httpx.TimeoutException):
-            await impatient.post("/sample", json={"n": 4})
+            await impatient.post("/sample", json={"n": 2})
     assert (await ahead).status_code == 200
     await asyncio.sleep(0.3)  # the departed request's batch would have run by now
     assert await metric(http, rows) - before == 8
