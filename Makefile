@@ -54,7 +54,7 @@ anomaly-eval: $(VENV)/.dev
 		--val-fraction 0.2 --score nelbo-ic --scores nelbo,iwae,recon,nelbo-ic,iwae-ic,recon-ic
 
 bench: $(VENV)/.dev
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench --update-doc
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

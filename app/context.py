@@ -23,5 +23,5 @@ class RequestContext:
         return self.deadline - time.monotonic()
 
 
-def context_of(request: Request) -> RequestContext:
+async def context_of(request: Request) -> RequestContext:  # async: no thread-pool hop
     return request.state.context

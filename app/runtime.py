@@ -30,6 +30,7 @@ logger = logging.getLogger("vae.runtime")
 
 OPS = ("encode", "decode", "score", "score_heatmap")
 WARMUP_PASSES = 2  # TorchScript's profiling executor optimises a graph after its first runs
+SCORE_ROWS = 128  # decoder rows per `score` call: rows x score_samples
 
 
 class StartupError(Exception):
@@ -67,11 +68,19 @@ class ModelRuntime:
         self.device = device
         self.batch_sizes = batch_sizes
         self._staging: dict[tuple[int, ...], torch.Tensor] = {}
+        # `score` runs the decoder on rows x score_samples: past ~128 decoder rows a bigger
+        # call only spills activations out of cache (per-image cost 6.5 ms at batch 8,
+        # 12.7 ms at 64 unchunked), so it is called in chunks
+        chunk = max(1, SCORE_ROWS // metadata.calibration.score_samples)
+
+        def score(x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([module.score(part) for part in x.split(chunk)])
+
         self._ops: dict[str, Callable[[torch.Tensor], tuple[torch.Tensor, ...]]] = {
             "encode": lambda x: tuple(module.encode(x)),
             "decode": lambda z: (module.decode(z),),
-            "score": lambda x: (module.score(x),),
-            "score_heatmap": lambda x: (module.score(x), module.pixel_nll(x)),
+            "score": lambda x: (score(x),),
+            "score_heatmap": lambda x: (score(x), module.pixel_nll(x)),
         }
 
     @classmethod

@@ -63,7 +63,11 @@ def fit_and_export(
     return evaluate_and_export(config, data, fit(config, data, log), log, isolated_check)
 
 
-def run(config: TrainConfig, log: Log = print) -> FitResult | None:
+def _log_now(line: str) -> None:
+    print(line, flush=True)  # ranks share torchrun's stdout: unflushed lines can be lost
+
+
+def run(config: TrainConfig, log: Log = _log_now) -> FitResult | None:
     """`python -m training`. Under torchrun every rank trains on its shards, then rank 0
     evaluates and exports while the others wait for it and return None."""
     world = distributed.current()

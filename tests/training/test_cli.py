@@ -64,7 +64,7 @@ def test_help_documents_every_flag(cli_runs) -> None:
     assert help_run.returncode == 0
     for field in fields(TrainConfig):
         assert f"--{field.name.replace('_', '-')}" in help_run.stdout, field.name
-    assert "(default: 32,64)" in " ".join(help_run.stdout.split())  # the recipe's defaults
+    assert "(default: 32,64,64)" in " ".join(help_run.stdout.split())  # the recipe's defaults
 
 
 @pytest.mark.parametrize("case", list(ERRORS))

@@ -52,7 +52,7 @@ def test_model_json_has_every_metadata_field(trained_run) -> None:
     assert meta.image_shape == (1, 28, 28) and meta.latent_dim == 4
     assert (meta.likelihood, meta.architecture) == ("bernoulli", "mlp")
     assert meta.preprocessing.color_mode == "L"
-    assert meta.calibration.count == len(data.val) and meta.calibration.score == "iwae"
+    assert meta.calibration.count == len(data.val) and meta.calibration.score == TrainConfig().score
     assert {"val_nelbo", "val_iwae_nll", "best_epoch", "train_images"} <= set(meta.metrics)
     assert meta.metrics["val_iwae_nll"] <= meta.metrics["val_nelbo"]
     assert TrainConfig.from_dict(meta.training) == config

@@ -1,0 +1,125 @@
+"""The httpx load generator on loopback: a closed loop at a concurrency, an open loop at a rate.
+
+Both are bounded by a request count and by seconds, whichever comes first; in-flight
+requests are always waited for. Latency is measured from the moment a request was due:
+in the closed loop that is when a worker sends it, in the open loop it is its slot in
+the arrival schedule, so a server that falls behind shows its backlog in the latencies
+(no coordinated omission). Requests cycle through `targets`, one `(url, body)` each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import Counter
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import httpx
+
+Target = tuple[str, bytes]  # (url, JSON body)
+T = TypeVar("T")
+HEADERS = {"content-type": "application/json"}
+
+
+@dataclass
+class Samples:
+    latencies: list[float] = field(default_factory=list)  # seconds, answered requests only
+    statuses: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)  # transport failures by kind
+    seconds: float = 0.0
+
+    @property
+    def answered(self) -> int:
+        return len(self.latencies)
+
+
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    """`asyncio.run`, on uvloop when it is installed (a cheaper client)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coroutine)
+
+
+def _client(connections: int, timeout: float) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    return httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=False, headers=HEADERS)
+
+
+async def _send(client: httpx.AsyncClient, target: Target, due: float, samples: Samples) -> None:
+    url, body = target
+    try:
+        response = await client.post(url, content=body)
+    except httpx.TimeoutException:
+        samples.errors["timeout"] += 1
+    except httpx.TransportError as exc:
+        samples.errors[type(exc).__name__] += 1
+    else:
+        samples.latencies.append(time.perf_counter() - due)
+        samples.statuses[str(response.status_code)] += 1
+
+
+async def closed_loop(
+    targets: Sequence[Target],
+    *,
+    concurrency: int,
+    max_requests: int,
+    seconds: float,
+    timeout: float = 60.0,
+    every: int = 0,
+    on_progress: Callable[[int], None] | None = None,
+) -> Samples:
+    """`concurrency` workers, each sending its next request as soon as the last is answered.
+
+    `on_progress(answered)` is called after every `every` answered requests.
+    """
+    samples = Samples()
+    numbers = itertools.count()
+    async with _client(concurrency, timeout) as client:
+        started = time.perf_counter()
+        stop_at = started + seconds
+
+        async def worker() -> None:
+            while (i := next(numbers)) < max_requests and time.perf_counter() < stop_at:
+                await _send(client, targets[i % len(targets)], time.perf_counter(), samples)
+                if on_progress is not None and every and samples.answered % every == 0:
+                    on_progress(samples.answered)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        samples.seconds = time.perf_counter() - started
+    return samples
+
+
+async def open_loop(
+    targets: Sequence[Target],
+    *,
+    rate: float,
+    max_requests: int,
+    seconds: float,
+    max_in_flight: int = 512,
+    timeout: float = 60.0,
+) -> Samples:
+    """Requests due at a fixed `rate` whatever the answers; beyond `max_in_flight` a
+    due request is not sent and counts as the error `client_backlog`."""
+    samples = Samples()
+    in_flight: set[asyncio.Task[None]] = set()
+    async with _client(max_in_flight, timeout) as client:
+        started = time.perf_counter()
+        for i in range(min(max_requests, int(rate * seconds))):
+            due = started + i / rate
+            if (delay := due - time.perf_counter()) > 0:
+                await asyncio.sleep(delay)
+            if len(in_flight) >= max_in_flight:
+                samples.errors["client_backlog"] += 1
+                continue
+            task = asyncio.create_task(_send(client, targets[i % len(targets)], due, samples))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+        await asyncio.gather(*in_flight)
+        samples.seconds = time.perf_counter() - started
+    return samples
