@@ -54,7 +54,7 @@ class TrainConfig:
     out: str | None = None  # default: models/<name>
     # anomaly score, calibration, evaluation
     score: ScoreKind = "nelbo-ic"  # best in the one-class protocol (README)
-    score_samples: int = 16
+    score_samples: int = 1  # frozen draws; 16 gave the same AUROC at 16x the cost
     threshold_quantile: float = 0.99
     iwae_samples: int = 256
 

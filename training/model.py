@@ -37,7 +37,7 @@ class ModelConfig:
     dense: int = 512
     likelihood: Likelihood = "bernoulli"
     score: ScoreKind = "nelbo-ic"
-    score_samples: int = 16
+    score_samples: int = 1
     score_seed: int = 0
 
     def to_dict(self) -> dict:
