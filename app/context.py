@@ -9,8 +9,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from starlette.requests import Request
-
 
 @dataclass
 class RequestContext:
@@ -21,7 +19,3 @@ class RequestContext:
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
-
-
-async def context_of(request: Request) -> RequestContext:  # async: no thread-pool hop
-    return request.state.context

@@ -14,6 +14,7 @@ the lifespan stops; run it with `--timeout-graceful-shutdown` close to
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -153,6 +154,13 @@ async def _serving(
         seconds = await warm_up(batcher.submit, runtime)
         metrics.track_queue(lambda: batcher.queued_rows, lambda: batcher.in_flight_requests)
         metrics.ready.set_function(lambda: float(lifecycle.ready))
+        # Everything loaded so far (torch, the model, FastAPI's routes: ~200k objects) lives
+        # as long as the process; a full collection walked it all (~45 ms on the trivial
+        # model, p99 spikes). Frozen, the collector only walks what requests create:
+        # /encode x1 at concurrency 64 on the trivial model ~1,810 -> ~2,140 req/s and
+        # p99 ~95 -> ~35 ms (median of 3 alternating runs).
+        gc.collect()
+        gc.freeze()
         lifecycle.mark_ready()
         logger.info(
             "ready",

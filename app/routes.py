@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request, Response
 
 from app.config import Settings
 from app.context import RequestContext
-from app.dependencies import ContextDep, InferenceDep, RuntimeDep, SettingsDep
+from app.dependencies import CallDep, RuntimeDep, SettingsDep
 from app.errors import (
     LatentSizeError,
     OutOfRangeError,
@@ -93,10 +93,9 @@ def _latents(vectors: list[list[float]], dim: int, where: str) -> torch.Tensor:
 @api.post(
     "/encode", response_model=EncodeResponse, openapi_extra=request_body(EncodeRequest, EncodeForm)
 )
-async def encode(
-    request: Request, model: InferenceDep, settings: SettingsDep, context: ContextDep
-) -> Response:
+async def encode(request: Request, call: CallDep) -> Response:
     """Encode images (JSON base64 or multipart `files`) to mu, logvar and, if asked, z."""
+    model, settings, context = call.model, call.settings, call.context
     body = await read_image_body(request, EncodeRequest, EncodeForm, settings.max_images)
     images = await _load(body, model, settings, context)
     mu, logvar = await model.encode(images.tensor, context)
@@ -115,10 +114,9 @@ async def encode(
 
 
 @api.post("/decode", response_model=DecodeResponse)
-async def decode(
-    body: DecodeRequest, model: InferenceDep, settings: SettingsDep, context: ContextDep
-) -> Response:
+async def decode(body: DecodeRequest, call: CallDep) -> Response:
     """Decode latent vectors to images: base64 PNG, or [C][H][W] arrays with format=array."""
+    model, settings, context = call.model, call.settings, call.context
     if len(body.latents) > settings.max_images:
         raise TooManyImagesError(f"{len(body.latents)} latents; at most {settings.max_images}")
     latents = _latents(body.latents, model.metadata.latent_dim, "latents")
@@ -128,10 +126,9 @@ async def decode(
 
 
 @api.post("/sample", response_model=SampleResponse)
-async def sample(
-    body: SampleRequest, model: InferenceDep, settings: SettingsDep, context: ContextDep
-) -> Response:
+async def sample(body: SampleRequest, call: CallDep) -> Response:
     """Draw n images from the prior; the same seed gives the same images."""
+    model, settings, context = call.model, call.settings, call.context
     if body.n > settings.max_samples:
         raise OutOfRangeError(f"n={body.n}: at most {settings.max_samples} samples per request")
     seed = draw_seed() if body.seed is None else body.seed
@@ -149,10 +146,9 @@ async def sample(
     response_model=InterpolateResponse,
     openapi_extra=request_body(InterpolateRequest, InterpolateForm),
 )
-async def interpolate(
-    request: Request, model: InferenceDep, settings: SettingsDep, context: ContextDep
-) -> Response:
+async def interpolate(request: Request, call: CallDep) -> Response:
     """Walk in latent space from start to end (images or latents), both ends included."""
+    model, settings, context = call.model, call.settings, call.context
     body = await read_image_body(request, InterpolateRequest, InterpolateForm, max_images=2)
     options = body.options
     if options.steps > settings.max_steps:
@@ -200,10 +196,9 @@ async def _endpoints(
     response_model=AnomalyResponse,
     openapi_extra=request_body(AnomalyRequest, AnomalyForm),
 )
-async def anomaly(
-    request: Request, model: InferenceDep, settings: SettingsDep, context: ContextDep
-) -> Response:
+async def anomaly(request: Request, call: CallDep) -> Response:
     """Score images against the calibration: score, threshold, percentile, heat map."""
+    model, settings, context = call.model, call.settings, call.context
     body = await read_image_body(request, AnomalyRequest, AnomalyForm, settings.max_images)
     images = await _load(body, model, settings, context)
     scores, pixel_nll = await model.score(images.tensor, context, heatmap=body.options.heatmap)
