@@ -11,6 +11,11 @@ which waits for company until it is full or its oldest request has waited
 oldest queued request plus the later requests that match, so no op starves another;
 a request larger than a batch is split across consecutive batches.
 
+How many of the matching rows a batch takes is the `plan`'s call when one is given
+(`plan(op, available) -> rows`): a model padded to fixed batch sizes may run 33 rows
+faster as 32 now and 1 next than as one batch padded to 64, as Triton's preferred batch
+sizes do. The rows left over stay first in line.
+
 Errors a caller of `Batcher.submit` can get::
 
     BatchingError
@@ -39,6 +44,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 RunFn = Callable[[str, torch.Tensor], tuple[torch.Tensor, ...]]
+PlanFn = Callable[[str, int], int]  # (op, rows available) -> rows the next batch takes
 
 
 class BatchingError(Exception):
@@ -135,6 +141,7 @@ class Batcher:
         max_wait_ms: float,
         max_queue: int,
         on_batch: Callable[[BatchStats], None] | None = None,
+        plan: PlanFn | None = None,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or max_wait_ms < 0:
             raise ValueError("need max_batch_size >= 1, max_queue >= 1 and max_wait_ms >= 0")
@@ -143,6 +150,7 @@ class Batcher:
         self._max_wait_s = max_wait_ms / 1000
         self._max_queue = max_queue
         self._on_batch = on_batch
+        self._plan = plan
         self._queue: deque[_Request] = deque()
         self._queued_rows = 0
         self._live: set[_Request] = set()  # accepted, and submit has not returned yet
@@ -326,20 +334,15 @@ class Batcher:
 
     def _take_batch(self) -> list[_Piece]:
         """Take the oldest request's key, then later requests with that key, up to a batch."""
-        now = time.monotonic()
+        batch = self._drop_expired_and_match()
+        if not batch:
+            return []
+        available = min(self._max_batch_size, sum(request.left for request in batch))
+        room = self._planned_rows(batch[0].op, available)
         pieces: list[_Piece] = []
-        key: Hashable = None
-        room = self._max_batch_size
-        for request in list(self._queue):
+        for request in batch:
             if room == 0:
                 break
-            if request.deadline is not None and request.deadline <= now:
-                self._fail(request, DeadlineExceededError("the deadline passed while queued"))
-                continue
-            if key is None:
-                key = request.key
-            elif request.key != key:
-                continue
             take = min(request.left, room)
             pieces.append(_Piece(request, request.taken, request.taken + take))
             self._queued_rows -= take
@@ -348,6 +351,27 @@ class Batcher:
             if request.left == 0:
                 self._unqueue(request)
         return pieces
+
+    def _drop_expired_and_match(self) -> list[_Request]:
+        """Fail queued requests past their deadline; the rest that share the oldest's key."""
+        now = time.monotonic()
+        matching: list[_Request] = []
+        for request in list(self._queue):
+            if request.deadline is not None and request.deadline <= now:
+                self._fail(request, DeadlineExceededError("the deadline passed while queued"))
+            elif not matching or request.key == matching[0].key:
+                matching.append(request)
+        return matching
+
+    def _planned_rows(self, op: str, available: int) -> int:
+        if self._plan is None:
+            return available
+        try:
+            planned = self._plan(op, available)
+        except Exception:
+            logger.exception("the batch plan failed; the batch takes every row available")
+            return available
+        return min(max(int(planned), 1), available)
 
     async def _run_batch(self, pieces: list[_Piece]) -> None:
         batch_id = next(self._batch_ids)

@@ -149,6 +149,7 @@ async def _serving(
         max_wait_ms=settings.max_wait_ms,
         max_queue=settings.max_queue,
         on_batch=metrics.observe_batch,
+        plan=runtime.plan,
     )
     async with batcher:
         seconds = await warm_up(batcher.submit, runtime)

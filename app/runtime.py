@@ -8,7 +8,9 @@ Ops, each a batch of rows in and a tuple of per-row outputs out (all float32, on
     score_heatmap  images (N, C, H, W) -> score (N,), pixel_nll (N, C, H, W)
 
 Every batch is padded up to the next warm-up size ("bucket") so that the model only ever
-sees shapes it was warmed up with; padded rows are computed and dropped. On CUDA the
+sees shapes it was warmed up with; padded rows are computed and dropped. The runtime
+times every call per op and bucket (warm-up measures them all), and `plan` uses those
+times to tell the batcher when a batch runs sooner split at a bucket than padded whole. On CUDA the
 rows are staged in pinned host memory, copied without blocking, and the outputs come
 back in one device-to-host copy: one synchronisation per batch. On CPU the same code
 runs and the copies are no-ops.
@@ -68,6 +70,8 @@ class ModelRuntime:
         self.device = device
         self.batch_sizes = batch_sizes
         self._staging: dict[tuple[int, ...], torch.Tensor] = {}
+        # fastest call seen per (op, bucket): the cost with the least interference
+        self._cost_s: dict[tuple[str, int], float] = {}
         # `score` runs the decoder on rows x score_samples: past ~128 decoder rows a bigger
         # call only spills activations out of cache (per-image cost 6.5 ms at batch 8,
         # 12.7 ms at 64 unchunked), so it is called in chunks
@@ -116,9 +120,34 @@ class ModelRuntime:
     def run(self, op: str, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The batcher's `RunFn`: `batch` (B, ...) on CPU -> per-row outputs on CPU."""
         rows = batch.shape[0]
+        started = time.perf_counter()
         with torch.inference_mode():
-            outputs = self._ops[op](self._stage(batch))
-            return self._to_host(outputs, rows)
+            staged = self._stage(batch)
+            outputs = self._to_host(self._ops[op](staged), rows)
+        key = (op, staged.shape[0])
+        self._cost_s[key] = min(self._cost_s.get(key, float("inf")), time.perf_counter() - started)
+        return outputs
+
+    def plan(self, op: str, available: int) -> int:
+        """The batcher's `PlanFn`: how many of `available` queued rows the next batch takes.
+
+        Padded up to its bucket, a batch costs the whole bucket: 33 rows cost 64 rows'
+        time, nearly double 32. Take the largest bucket below `available` instead when
+        that batch plus the rest run on their own (padded) cost less than the padded
+        whole, by the times measured so far; the rest usually find company in the next
+        batch, so this never makes the rows queued now finish later.
+        """
+        whole = self._bucket(available)
+        index = bisect_left(self.batch_sizes, available) - 1
+        if whole == available or index < 0:
+            return available
+        part = self.batch_sizes[index]
+        try:
+            padded = self._cost_s[(op, whole)]
+            split = self._cost_s[(op, part)] + self._cost_s[(op, self._bucket(available - part))]
+        except KeyError:  # not measured yet
+            return available
+        return part if split < padded else available
 
     def _bucket(self, rows: int) -> int:
         index = bisect_left(self.batch_sizes, rows)

@@ -180,6 +180,50 @@ async def test_batches_never_mix_ops_and_follow_the_oldest_waiting_request() -> 
         torch.testing.assert_close(outcomes[i + 1].outputs[0], model.alone(op, rows(1, 10 * i))[0])
 
 
+async def test_plan_decides_how_many_rows_a_batch_takes_and_the_rest_go_next() -> None:
+    model = TinyModel()
+    asked: list[tuple[str, int]] = []
+
+    def at_most_two(op: str, available: int) -> int:
+        asked.append((op, available))
+        return min(available, 2)
+
+    async with make(model, plan=at_most_two) as batcher:
+        held = await hold(batcher, model)
+        first = asyncio.create_task(batcher.submit("encode", rows(2)))
+        second = asyncio.create_task(batcher.submit("encode", rows(3, 10)))
+        await until(lambda: batcher.queued_rows == 5)
+        model.gate.set()
+        outcomes = await asyncio.gather(held, first, second)
+    assert model.batch_sizes() == [1, 2, 2, 1]
+    assert asked == [("encode", 1), ("encode", 5), ("encode", 3), ("encode", 1)]
+    assert len(outcomes[2].batch_ids) == 2  # split across the two batches after the first
+    for got, alone in zip(outcomes[2].outputs, model.alone("encode", rows(3, 10)), strict=True):
+        torch.testing.assert_close(got, alone)
+
+
+@pytest.mark.parametrize("answer", [0, -3, 99])
+async def test_plan_answers_outside_one_to_available_are_clamped(answer: int) -> None:
+    model = TinyModel()
+    async with make(model, max_batch_size=4, plan=lambda op, available: answer) as batcher:
+        outcome = await batcher.submit("encode", rows(6))
+    expected = [1] * 6 if answer < 1 else [4, 2]
+    assert model.batch_sizes() == expected
+    torch.testing.assert_close(outcome.outputs[0], model.alone("encode", rows(6))[0])
+
+
+async def test_a_failing_plan_is_logged_and_the_batch_takes_every_row(caplog) -> None:
+    model = TinyModel()
+
+    def broken(op: str, available: int) -> int:
+        raise ValueError("no costs")
+
+    async with make(model, plan=broken) as batcher:
+        await batcher.submit("encode", rows(3))
+    assert model.batch_sizes() == [3]
+    assert "the batch plan failed" in caplog.text
+
+
 async def test_full_queue_refuses_before_any_await() -> None:
     model = TinyModel()
     async with make(model, max_queue=4) as batcher:

@@ -77,3 +77,41 @@ def test_module_methods_match_the_ops(runtime):
     score, nll = runtime.run("score_heatmap", images)
     assert torch.allclose(score, runtime.module.score(images))
     assert torch.allclose(nll, runtime.module.pixel_nll(images))
+
+
+def test_every_call_records_its_buckets_fastest_time(runtime):
+    runtime.run("encode", torch.rand(3, 1, 28, 28))  # padded to 4
+    assert runtime._cost_s[("encode", 4)] > 0
+    assert ("encode", 3) not in runtime._cost_s
+
+
+@pytest.fixture
+def timed(artifact_dir) -> ModelRuntime:
+    """A runtime with buckets 1..64 whose measured costs the test sets."""
+    settings = Settings(model_dir=artifact_dir, device="cpu", max_batch_size=64)
+    return ModelRuntime.load(settings)
+
+
+def test_plan_takes_every_row_until_the_buckets_are_timed(timed):
+    assert timed.plan("encode", 33) == 33
+    timed._cost_s[("encode", 64)] = 2.0
+    timed._cost_s[("encode", 32)] = 1.0
+    assert timed.plan("encode", 33) == 33  # bucket 1, for the one row left, not timed yet
+
+
+def test_plan_splits_at_a_bucket_when_the_parts_cost_less_than_the_padded_whole(timed):
+    # cost grows with rows past 16, nearly flat below: what a CPU shows
+    costs = {1: 1.0, 2: 1.1, 4: 1.2, 8: 1.5, 16: 2.0, 32: 4.0, 64: 8.0}
+    timed._cost_s.update({("encode", size): cost for size, cost in costs.items()})
+    assert timed.plan("encode", 33) == 32  # 4 + 1 < 8
+    assert timed.plan("encode", 48) == 32  # 4 + 2 < 8
+    assert timed.plan("encode", 60) == 60  # 4 + 4 is not < 8
+    assert timed.plan("encode", 5) == 5  # 1.2 + 1.0 > 1.5: padding the small batch is cheaper
+    assert timed.plan("encode", 32) == 32 and timed.plan("encode", 1) == 1
+    assert timed.plan("decode", 33) == 33  # each op has its own costs
+
+
+def test_warmup_times_every_op_at_every_bucket(timed):
+    for op, rows in timed.warmup_batches()[::WARMUP_PASSES]:
+        timed.run(op, rows)
+    assert set(timed._cost_s) == {(op, size) for op in OPS for size in timed.batch_sizes}
