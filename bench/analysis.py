@@ -6,7 +6,9 @@
     gain        batched / unbatched (or naive) throughput, per workload at concurrency C
     tax         p50 at concurrency 1, batched minus unbatched (ms)
 
-A target is met (True), missed (False) or not measured in this run (None).
+A target is met (True), missed (False) or not measured in this run (None). Issue 6 sets
+the framework and start-up targets for the default model; the heavy suite reports them
+too (its trivial model decodes 64x64 RGB images) but they do not bind there.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from bench.ceiling import model_ms_per_row
 
 ENCODE_ONE = "/encode x1"
 HEAVY_GAIN, DEFAULT_GAIN = 4.0, 1.5
+DEFAULT_MODEL_ONLY = ("trivial model:", "start-up")  # targets issue 6 sets for the default model
 Run = dict[str, Any]
 Service = dict[str, Any]
 
@@ -149,6 +152,7 @@ def targets(subject: str, derived: dict[str, Any]) -> list[dict[str, Any]]:
             "value": value,
             "bound": bound,
             "met": None if value is None else check(value),
+            "binding": subject != "heavy" or not name.startswith(DEFAULT_MODEL_ONLY),
         }
         for name, value, bound, check in rows
     ]

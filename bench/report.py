@@ -42,6 +42,11 @@ def _cell(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
+def _met(target: dict[str, Any]) -> str:
+    met = _cell(target["met"])
+    return met if target.get("binding", True) else f"{met.strip('*')} (not binding here)"
+
+
 def _table(header: list[str], rows: list[Row]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     return lines + ["| " + " | ".join(_cell(value) for value in row) + " |" for row in rows]
@@ -79,7 +84,7 @@ def _suite(suite: dict[str, Any]) -> list[str]:
         f"{_cell(derived.get('ideal_rps'))} req/s.",
         "",
     ]
-    targets = [[t["target"], _cell(t["value"], 3), t["bound"], t["met"]] for t in suite["targets"]]
+    targets = [[t["target"], _cell(t["value"], 3), t["bound"], _met(t)] for t in suite["targets"]]
     lines += _table(["target", "value", "bound", "met"], targets)
     lines += ["", f"Throughput ratios at c={derived['concurrency']}:", ""]
     lines += _table(
