@@ -172,8 +172,13 @@ class ModelRuntime:
     def _to_host(self, outputs: tuple[torch.Tensor, ...], rows: int) -> tuple[torch.Tensor, ...]:
         """Drop padded rows; on CUDA bring all outputs back in one copy (the batch's sync)."""
         kept = [output[:rows] for output in outputs]
-        if self.device.type == "cpu":
-            return tuple(kept)
+        if self.device.type == "cpu":  # an output that aliases the staging buffer (an
+            # identity method) would change under its caller when the next batch is staged
+            staged = {buffer.untyped_storage().data_ptr() for buffer in self._staging.values()}
+            return tuple(
+                output.clone() if output.untyped_storage().data_ptr() in staged else output
+                for output in kept
+            )
         flat = torch.cat([output.reshape(rows, -1) for output in kept], dim=1).cpu()
         widths = [output[0].numel() for output in kept]
         parts = flat.split(widths, dim=1)
