@@ -157,8 +157,15 @@ _CODES_BY_STATUS = {
     413: "payload_too_large",
     415: "unsupported_media_type",
 }
-# pydantic error types that mean "a number outside its range" or "not a finite number"
-_RANGE_TYPES = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
+# pydantic error types that mean "a number outside its range" or "not a finite number";
+# orjson reads an integer past 2**64 as a float, which pydantic then finds too large
+_RANGE_TYPES = {
+    "greater_than",
+    "greater_than_equal",
+    "less_than",
+    "less_than_equal",
+    "int_parsing_size",
+}
 _FINITE_TYPES = {"finite_number"}
 
 

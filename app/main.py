@@ -48,10 +48,12 @@ from app.runtime import ModelRuntime, StartupError, warm_up
 from app.schemas import (
     AnomalyForm,
     AnomalyRequest,
+    DecodeRequest,
     EncodeForm,
     EncodeRequest,
     InterpolateForm,
     InterpolateRequest,
+    SampleRequest,
 )
 from app.security import ApiKeys, api_key_guard
 
@@ -63,6 +65,8 @@ Images go in as base64 strings in JSON or as multipart `files`; images come out 
 PNG or, with `"format": "array"`, as float arrays. Every error is
 `{"error": {"code", "message", "request_id"}}`."""
 SELF_PARSED: list[type[BaseModel]] = [
+    DecodeRequest,
+    SampleRequest,
     EncodeRequest,
     EncodeForm,
     AnomalyRequest,

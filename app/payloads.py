@@ -2,7 +2,8 @@
 
 /encode, /anomaly and /interpolate take either body, dispatched on Content-Type, and
 both arrive as one validated options model plus the images (base64 `str` from JSON,
-`bytes` from uploads); `app.openapi` documents both content types.
+`bytes` from uploads); /decode and /sample take JSON only. Any other Content-Type is a
+415 on every route; `app.openapi` documents the content types.
 """
 
 from __future__ import annotations
@@ -54,6 +55,14 @@ async def read_json(request: Request, model: type[M]) -> M:
         return model.model_validate(raw)
     except ValidationError as exc:
         raise body_validation_error(exc) from None
+
+
+async def read_json_body(request: Request, model: type[M]) -> M:
+    """A JSON-only body: any other Content-Type is refused with 415, as on every route."""
+    media = media_type(request)
+    if not is_json(media):
+        raise MediaTypeError(f"Content-Type {media or '(none)'}: send application/json")
+    return await read_json(request, model)
 
 
 async def read_image_body(

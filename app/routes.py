@@ -25,7 +25,7 @@ from app.images import DecodedImages, heatmaps_to_base64_png, load_images
 from app.inference import Inference
 from app.latents import draw_seed, interpolation_path, posterior_sample, prior_sample
 from app.openapi import error_responses, request_body
-from app.payloads import ImageBody, read_image_body
+from app.payloads import ImageBody, read_image_body, read_json_body
 from app.render import OrjsonResponse, floats, image_payload
 from app.schemas import (
     AnomalyForm,
@@ -113,10 +113,11 @@ async def encode(request: Request, call: CallDep) -> Response:
     )
 
 
-@api.post("/decode", response_model=DecodeResponse)
-async def decode(body: DecodeRequest, call: CallDep) -> Response:
+@api.post("/decode", response_model=DecodeResponse, openapi_extra=request_body(DecodeRequest))
+async def decode(request: Request, call: CallDep) -> Response:
     """Decode latent vectors to images: base64 PNG, or [C][H][W] arrays with format=array."""
     model, settings, context = call.model, call.settings, call.context
+    body = await read_json_body(request, DecodeRequest)
     if len(body.latents) > settings.max_images:
         raise TooManyImagesError(f"{len(body.latents)} latents; at most {settings.max_images}")
     latents = _latents(body.latents, model.metadata.latent_dim, "latents")
@@ -125,10 +126,11 @@ async def decode(body: DecodeRequest, call: CallDep) -> Response:
     return OrjsonResponse(await _images_out(images, body.format))
 
 
-@api.post("/sample", response_model=SampleResponse)
-async def sample(body: SampleRequest, call: CallDep) -> Response:
+@api.post("/sample", response_model=SampleResponse, openapi_extra=request_body(SampleRequest))
+async def sample(request: Request, call: CallDep) -> Response:
     """Draw n images from the prior; the same seed gives the same images."""
     model, settings, context = call.model, call.settings, call.context
+    body = await read_json_body(request, SampleRequest)
     if body.n > settings.max_samples:
         raise OutOfRangeError(f"n={body.n}: at most {settings.max_samples} samples per request")
     seed = draw_seed() if body.seed is None else body.seed

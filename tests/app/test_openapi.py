@@ -7,7 +7,8 @@ import pytest
 pytestmark = pytest.mark.anyio
 
 PROBES = {"GET /health", "GET /ready", "GET /metrics"}
-SELF_PARSED = {"POST /encode", "POST /anomaly", "POST /interpolate"}  # JSON or multipart
+# bodies the routes read themselves: JSON or multipart, or JSON only (415 otherwise)
+SELF_PARSED = {"POST /encode", "POST /anomaly", "POST /interpolate", "POST /decode", "POST /sample"}
 
 
 @pytest.fixture(scope="module")

@@ -54,10 +54,20 @@ async def test_empty_image_list(client, assert_error):
     ("content_type", "body"),
     [("text/plain", b"hello"), ("application/x-www-form-urlencoded", b"images=x"), (None, b"")],
 )
-async def test_wrong_content_type(client, assert_error, content_type, body):
+@pytest.mark.parametrize("path", ["/encode", "/decode", "/sample", "/anomaly", "/interpolate"])
+async def test_wrong_content_type(client, assert_error, content_type, body, path):
     headers = {"content-type": content_type} if content_type else {}
-    response = await client.post("/encode", content=body, headers=headers)
+    response = await client.post(path, content=body, headers=headers)
     assert_error(response, 415, "unsupported_media_type")
+
+
+@pytest.mark.parametrize("path", ["/decode", "/sample"])
+async def test_json_only_routes_refuse_multipart_and_take_json_suffixes(client, assert_error, path):
+    files = [("files", ("0.png", b"x", "image/png"))]
+    assert_error(await client.post(path, files=files), 415, "unsupported_media_type")
+    headers = {"content-type": "application/vnd.api+json"}
+    response = await client.post("/sample", content=b'{"n": 2}', headers=headers)
+    assert response.status_code == 200 and len(response.json()["images"]) == 2
 
 
 async def test_invalid_json(client, assert_error):

@@ -95,13 +95,15 @@ async def test_decode_refuses_bad_latents(client, assert_error, latents, status,
 
 
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e999"])
-async def test_decode_refuses_non_finite_numbers(client, assert_error, literal):
+@pytest.mark.parametrize("path", ["/decode", "/sample"])
+async def test_non_finite_numbers_are_not_json(client, assert_error, literal, path):
     """JSON has no NaN, but Python's parser accepts these; they must never reach the model."""
-    body = f'{{"latents": [[{literal}, 0, 0, 0]]}}'
+    field = "latents" if path == "/decode" else "temperature"
+    value = f"[[{literal}, 0, 0, 0]]" if path == "/decode" else literal
     response = await client.post(
-        "/decode", content=body, headers={"content-type": "application/json"}
+        path, content=f'{{"{field}": {value}}}', headers={"content-type": "application/json"}
     )
-    assert_error(response, 422, "non_finite")
+    assert_error(response, 422, "invalid_json")
 
 
 @pytest.mark.parametrize("path", ["/decode", "/sample", "/encode"])
