@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Hashable
@@ -405,11 +406,14 @@ class Batcher:
             with torch.inference_mode():
                 outputs = self._run(op, batch)
             _check_outputs(outputs, len(batch))
-            finite = _finite_rows(outputs)  # (B,)
             non_finite = None
-            if not bool(finite.all()):  # the one sync with the device per batch
+            if not _all_finite(outputs):
+                finite = _finite_rows(outputs)  # (B,)
                 non_finite = [not bool(ok.all()) for ok in torch.split(finite, sizes)]
-            per_piece = list(zip(*(torch.split(out, sizes) for out in outputs), strict=True))
+            if len(pieces) == 1:
+                per_piece = [outputs]
+            else:
+                per_piece = list(zip(*(torch.split(out, sizes) for out in outputs), strict=True))
             for i, piece in enumerate(pieces):  # a split request's last piece: reassemble
                 if piece.request.parts and piece.stop == len(piece.request.rows):
                     parts = zip(*piece.request.parts, per_piece[i], strict=True)
@@ -444,6 +448,13 @@ def _check_outputs(outputs: object, rows: int) -> None:
             f"a batched call must return one output row per input row: "
             f"{rows} rows in, leading dims {leading} out"
         )
+
+
+def _all_finite(outputs: tuple[torch.Tensor, ...]) -> bool:
+    """True when every value is finite: one sum per output, ~20x cheaper than the per-row
+    check on a batch of images. NaN or inf makes the sum non-finite; finite values whose
+    sum overflows only send the batch to the exact check."""
+    return all(math.isfinite(float(output.sum())) for output in outputs)
 
 
 def _finite_rows(outputs: tuple[torch.Tensor, ...]) -> torch.Tensor:

@@ -123,7 +123,7 @@ class ModelRuntime:
         started = time.perf_counter()
         with torch.inference_mode():
             staged = self._stage(batch)
-            outputs = self._to_host(self._ops[op](staged), rows)
+            outputs = self._to_host(self._ops[op](staged), rows, staged)
         key = (op, staged.shape[0])
         self._cost_s[key] = min(self._cost_s.get(key, float("inf")), time.perf_counter() - started)
         return outputs
@@ -169,14 +169,16 @@ class ModelRuntime:
         buffer[:rows].copy_(batch)
         return buffer.to(self.device, non_blocking=True)
 
-    def _to_host(self, outputs: tuple[torch.Tensor, ...], rows: int) -> tuple[torch.Tensor, ...]:
+    def _to_host(
+        self, outputs: tuple[torch.Tensor, ...], rows: int, staged: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
         """Drop padded rows; on CUDA bring all outputs back in one copy (the batch's sync)."""
         kept = [output[:rows] for output in outputs]
         if self.device.type == "cpu":  # an output that aliases the staging buffer (an
             # identity method) would change under its caller when the next batch is staged
-            staged = {buffer.untyped_storage().data_ptr() for buffer in self._staging.values()}
+            buffer = staged.untyped_storage().data_ptr()
             return tuple(
-                output.clone() if output.untyped_storage().data_ptr() in staged else output
+                output.clone() if output.untyped_storage().data_ptr() == buffer else output
                 for output in kept
             )
         flat = torch.cat([output.reshape(rows, -1) for output in kept], dim=1).cpu()

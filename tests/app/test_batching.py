@@ -340,6 +340,19 @@ async def test_non_finite_output_goes_only_to_its_own_request() -> None:
     torch.testing.assert_close(outcome.outputs[0], model.alone("encode", rows(2))[0])
 
 
+async def test_finite_outputs_whose_sum_overflows_are_still_delivered() -> None:
+    def huge(op: str, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = torch.full((len(batch), 4), 3e38)  # finite, but their float32 sum is inf
+        out[batch[:, 0] < 0] = float("inf")  # a truly non-finite row where asked
+        return (out,)
+
+    async with Batcher(huge, max_batch_size=8, max_wait_ms=0, max_queue=64) as batcher:
+        outcome = await batcher.submit("encode", rows(3))
+        with pytest.raises(NonFiniteOutputError):
+            await batcher.submit("encode", rows(1, -1))
+    assert bool((outcome.outputs[0] == 3e38).all())
+
+
 async def test_wrong_output_rows_fail_every_request_of_the_batch_with_a_clear_error() -> None:
     calls: list[int] = []
 
