@@ -5,7 +5,7 @@ suite        one model on one device: every configuration, back to back
 fixtures     the trivial and heavy models (and the MNIST stand-in), cached
 payloads     the workloads and their request bodies
 server       a real uvicorn process on loopback: start-up, RSS, /metrics
-load         the httpx generator: closed loop and open loop
+load         the aiohttp generator: closed loop and open loop
 wrk          closed-loop throughput runs with wrk
 ceiling      the model called in process, no HTTP
 analysis     ratios between configurations, and the targets

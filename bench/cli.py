@@ -22,7 +22,7 @@ from bench.payloads import ENDPOINTS
 from bench.suite import CONFIGS, Options, Suite
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-WITH_WRK = "wrk (closed loop); httpx (open loop, one-at-a-time requests, soak)"
+WITH_WRK = "wrk (closed loop); aiohttp (open loop, one-at-a-time requests, soak)"
 
 
 def _names(allowed: tuple[str, ...] | None = None):  # type: ignore[no-untyped-def]
@@ -42,6 +42,11 @@ def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split(",") if part.strip())
 
 
+def _rates(text: str) -> tuple[float, ...]:
+    """Comma-separated requests per second; 0 (or nothing) runs no open loop."""
+    return tuple(rate for part in text.split(",") if part.strip() and (rate := float(part)) > 0)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench",
@@ -58,8 +63,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=64, help="of every endpoint's runs")
     p.add_argument("--curve", type=_ints, default=(1, 8, 64), help="/encode x1 concurrencies")
     p.add_argument("--multi", type=int, default=8, help="items per multi-image request; 0: none")
-    rate = "open-loop /encode x1 req/s; default: half the batched service's at --concurrency"
-    p.add_argument("--rate", type=float, default=None, help=rate + "; 0: none")
+    rate = (
+        "open-loop /encode x1 rates, req/s, comma-separated; default: a quarter and three "
+        "quarters of what the batched service served at --concurrency; 0: none"
+    )
+    p.add_argument("--rate", type=_rates, default=None, help=rate)
     p.add_argument("--first-requests", type=int, default=100, help="one at a time after ready")
     p.add_argument("--soak-requests", type=int, default=2_000, help="issue 6 asks for 100000")
     p.add_argument("--soak-seconds", type=float, default=15.0, help="the soak's time bound")
@@ -71,7 +79,7 @@ def parser() -> argparse.ArgumentParser:
         "--env", action="append", default=[], metavar="VAE_X=value", help="extra service setting"
     )
     closed = "closed-loop generator; auto: wrk when installed"
-    p.add_argument("--generator", choices=("auto", "wrk", "httpx"), default="auto", help=closed)
+    p.add_argument("--generator", choices=("auto", "wrk", "aiohttp"), default="auto", help=closed)
     p.add_argument("--wrk-threads", type=int, default=1, help="wrk -t")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "bench", help="output folder")
     p.add_argument(
@@ -94,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv),
-        "generator": WITH_WRK if use_wrk else "httpx",
+        "generator": WITH_WRK if use_wrk else "aiohttp",
         "options": {k: v for k, v in vars(args).items() if k not in ("out", "cache_dir")},
         "suites": [],
     }
@@ -116,7 +124,7 @@ def _options(args: argparse.Namespace, use_wrk: bool) -> Options:
     return Options(
         configs=args.configs, endpoints=args.endpoints, concurrency=args.concurrency,
         curve=args.curve, multi=args.multi, seconds=args.seconds, max_requests=args.requests,
-        rate=args.rate, first_requests=args.first_requests, soak_requests=args.soak_requests,
+        rates=args.rate, first_requests=args.first_requests, soak_requests=args.soak_requests,
         soak_seconds=args.soak_seconds, torch_threads=args.torch_threads,
         max_batch_size=args.max_batch_size, use_wrk=use_wrk, wrk_threads=args.wrk_threads,
         service_env=dict(item.split("=", 1) for item in args.env),
@@ -128,8 +136,8 @@ def _generator(choice: str) -> bool:
     if choice == "wrk" and not found:
         raise SystemExit("--generator wrk: wrk is not installed (apt-get install wrk)")
     if choice == "auto" and not found:
-        print("wrk not found: closed-loop runs use httpx, which takes CPU from the server")
-    return choice != "httpx" and found is not None
+        print("wrk not found: closed-loop runs use aiohttp, which takes CPU from the server")
+    return choice != "aiohttp" and found is not None
 
 
 def _devices(text: str) -> list[str]:

@@ -37,7 +37,7 @@ class Latency:
 class RunResult:
     workload: str  # e.g. "/encode x1"
     mode: str  # "closed" (fixed concurrency) or "open" (fixed arrival rate)
-    generator: str  # "wrk" or "httpx"
+    generator: str  # "wrk" or "aiohttp"
     concurrency: int | None
     rate: float | None  # requests/s offered (open loop)
     requests: int  # answered, any status

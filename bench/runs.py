@@ -1,9 +1,9 @@
 """The measurements taken on a running service, each bounded in requests and seconds.
 
-    closed      one workload at a fixed concurrency (wrk when installed, else httpx)
-    open        one workload at a fixed arrival rate (httpx)
-    sequential  requests one at a time (httpx): the first after ready, and the steady state
-    soak        mixed requests, sampling the server's RSS as they go (httpx)
+    closed      one workload at a fixed concurrency (wrk when installed, else aiohttp)
+    open        one workload at a fixed arrival rate (aiohttp)
+    sequential  requests one at a time (aiohttp): the first after ready, and the steady state
+    soak        mixed requests, sampling the server's RSS as they go (aiohttp)
 
 Every closed and open run also records the server's RSS before and after, and the
 batches the service formed meanwhile (from its `/metrics`).
@@ -141,7 +141,7 @@ def _from_samples(
         workload=workload.label,
         items=workload.items,
         mode=mode,
-        generator="httpx",
+        generator="aiohttp",
         concurrency=concurrency,
         rate=rate,
         seconds=samples.seconds,

@@ -10,9 +10,9 @@ Configurations (`Options.configs`)::
 
 Each service is started fresh; then, in order: the first requests after ready (c=1),
 the /encode x1 curve over `curve` concurrencies, every endpoint at `concurrency` with
-one and `multi` items, an open-loop /encode x1 run at `rate`, the same c=1 requests
+one and `multi` items, open-loop /encode x1 runs at `rates`, the same c=1 requests
 again (the steady state the first ones compare with), and for `batched` a soak of mixed
-requests sampling RSS. Closed-loop runs use wrk when it is installed; the rest use httpx.
+requests sampling RSS. Closed-loop runs use wrk when it is installed; the rest use aiohttp.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ SERVICE = "app.main:app"
 NAIVE = "bench.naive_app:from_environment"
 CONFIGS = ("ceiling", "trivial", "batched", "unbatched", "naive")
 ENCODE_ONE = Workload("encode", 1)
+OPEN_LOADS = (0.25, 0.75)  # open-loop rates, as shares of the batched c=64 throughput
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class Options:
     multi: int = 8  # items in a multi-image request (0: single only)
     seconds: float = 2.0  # per run
     max_requests: int = 20_000  # per run
-    rate: float | None = None  # open loop req/s; None: half the batched /encode x1 throughput
+    rates: tuple[float, ...] | None = None  # open loop req/s; None: OPEN_LOADS of batched
     first_requests: int = 100
     soak_requests: int = 2_000
     soak_seconds: float = 15.0
@@ -68,7 +69,7 @@ class Suite:
     def __init__(self, subject: Subject, device: str, options: Options, cache: Path) -> None:
         self.subject, self.device, self.options, self.cache = subject, device, options, cache
         self.logs = cache / "logs" / f"{device}-{subject.name}"
-        self.rate = options.rate
+        self.rates = options.rates
 
     def run(self) -> dict[str, Any]:
         opts = self.options
@@ -135,10 +136,10 @@ class Suite:
             out: dict[str, Any] = {"startup_s": server.startup_s, "rss_ready_mb": server.rss_mb()}
             out["first_requests"] = runner.sequential(ENCODE_ONE, opts.first_requests)
             runs = [runner.closed(workload, c) for workload, c in self.workloads(config)]
-            if config == "batched" and self.rate is None:
-                self.rate = _half_rate(runs, opts.concurrency)
-            if self.rate and config != "trivial":
-                runs.append(runner.open(ENCODE_ONE, self.rate))
+            if config == "batched" and self.rates is None:
+                self.rates = _open_rates(runs, opts.concurrency)
+            if config != "trivial":
+                runs += [runner.open(ENCODE_ONE, rate) for rate in self.rates or ()]
             out["runs"] = [dataclasses.asdict(run) for run in runs]
             out["steady_requests"] = runner.sequential(ENCODE_ONE, opts.first_requests)
             if config == "batched" and opts.soak_requests:
@@ -152,11 +153,13 @@ class Suite:
         return out
 
 
-def _half_rate(runs: list[RunResult], concurrency: int) -> float:
-    """The open-loop rate: half of what the batched service served at `concurrency`."""
+def _open_rates(runs: list[RunResult], concurrency: int) -> tuple[float, ...]:
+    """The open-loop rates: `OPEN_LOADS` of what the batched service served at
+    `concurrency`, the same for every configuration: a light load, and one that the
+    batched service carries and the others may not."""
     served = [
         r.throughput
         for r in runs
         if r.workload == ENCODE_ONE.label and r.concurrency == concurrency
     ]
-    return round(max(served[0] / 2, 1.0), 1) if served else 0.0
+    return tuple(round(max(served[0] * load, 1.0), 1) for load in OPEN_LOADS) if served else ()

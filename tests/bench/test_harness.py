@@ -1,7 +1,7 @@
 """The benchmark harness end to end, at a toy size: it runs and reports, nothing is timed.
 
 A few dozen requests against a real uvicorn process serving the trivial fixture, with
-the httpx generator (wrk's runs last whole seconds); then the naive baseline app in
+the aiohttp generator (wrk's runs last whole seconds); then the naive baseline app in
 process, and the documentation hook. No assertion here is about speed.
 """
 
@@ -28,7 +28,7 @@ RUN_FIELDS = {"workload", "mode", "generator", "concurrency", "rate", "requests"
 TINY_RUN = ["--models", "trivial", "--configs", "ceiling,trivial,batched", "--endpoints",
             "encode,anomaly", "--multi", "2", "--curve", "1", "--concurrency", "4", "--seconds",
             "0.5", "--requests", "24", "--first-requests", "5", "--soak-requests", "16",
-            "--max-batch-size", "4", "--generator", "httpx"]  # fmt: skip
+            "--max-batch-size", "4", "--generator", "aiohttp"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +64,8 @@ def test_every_run_reports_throughput_percentiles_statuses_and_rss(report):
         assert set(run["latency_ms"]) == {"p50", "p95", "p99", "mean", "max"}
         assert run["statuses"] == {"200": run["requests"]} and run["requests"] > 0
         assert set(run["rss_mb"]) == {"before", "after"}
+    rates = [run["rate"] for run in batched["runs"] if run["mode"] == "open"]
+    assert len(rates) == 2 and rates[0] < rates[1]  # a light load and a heavy one
     assert batched["runs"][0]["batches"]["encode"]["rows"] > 0
     assert batched["soak"]["statuses"] == {"200": 16}
     assert batched["first_requests"]["requests"] == 5
