@@ -7,7 +7,9 @@ thread, which owns every model call; each caller gets back exactly its own rows.
 Scheduling is work-conserving. A request that arrives while the worker is idle runs
 at once. Requests that arrive while it is busy queue up and form the next batch,
 which waits for company until it is full or its oldest request has waited
-`max_wait_ms` (0: it never waits). The next batch takes the op (and row shape) of the
+`max_wait_ms` (0: it never waits), and only while the next request is expected
+within that window (by the mean gap between recent arrivals): at a light load nobody is
+coming soon, and waiting would only add latency. The next batch takes the op (and row shape) of the
 oldest queued request plus the later requests that match, so no op starves another;
 a request larger than a batch is split across consecutive batches.
 
@@ -45,6 +47,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 RunFn = Callable[[str, torch.Tensor], tuple[torch.Tensor, ...]]
+GAP_WEIGHT = 0.1  # of the newest gap in the moving average: about the last ten arrivals
 PlanFn = Callable[[str, int], int]  # (op, rows available) -> rows the next batch takes
 
 
@@ -158,6 +161,10 @@ class Batcher:
         self._batch_ids = itertools.count(1)
         self._busy = False
         self._idle_since = float("-inf")  # when the worker last finished a batch
+        self._last_arrival = float("-inf")
+        # moving average of the time between submits; a gap longer than twice the window
+        # counts as twice the window, so that a burst after a quiet spell batches at once
+        self._gap_s = float("inf")
         self._started = self._closed = self._aborted = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batcher")
         self._collector: asyncio.Task[None] | None = None
@@ -258,6 +265,13 @@ class Batcher:
             self._update_idle()
 
     def _enqueue(self, request: _Request) -> None:
+        gap = request.submitted - self._last_arrival
+        self._last_arrival = request.submitted
+        self._gap_s = (
+            gap
+            if self._gap_s == float("inf")
+            else self._gap_s + GAP_WEIGHT * (min(gap, 2 * self._max_wait_s) - self._gap_s)
+        )
         self._queue.append(request)
         self._queued_rows += len(request.rows)
         self._live.add(request)
@@ -308,7 +322,8 @@ class Batcher:
         """Let a batch fill while its oldest request is within `max_wait_ms` of arriving.
 
         A request that arrived while the worker was idle runs at once: no lone request
-        pays a batching window.
+        pays a batching window; nor does a batch wait when, at the recent arrival rate,
+        no other request would come before the window closes.
         """
         head = self._queue[0]
         if head.submitted >= self._idle_since:
@@ -321,7 +336,7 @@ class Batcher:
             and self._rows_waiting(head.key) < self._max_batch_size
         ):
             remaining = until - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or self._gap_s > remaining:
                 return
             self._wakeup.clear()
             try:

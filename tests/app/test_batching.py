@@ -142,6 +142,24 @@ async def test_request_queued_behind_a_busy_worker_waits_for_company() -> None:
     assert late.batch_ids == early.result().batch_ids
 
 
+async def test_no_wait_for_company_when_arrivals_are_further_apart_than_the_window() -> None:
+    model = TinyModel()
+    async with make(model, max_wait_ms=300) as batcher:
+        for i in range(3):  # a light load: one request every 0.4 s, longer than the window
+            await batcher.submit("encode", rows(1, 10 * i))
+            await asyncio.sleep(0.4)
+        held = await hold(batcher, model)
+        queued = asyncio.create_task(batcher.submit("encode", rows(1, 50)))
+        await until(lambda: batcher.queued_rows == 1)
+        model.gate.set()
+        await until(held.done)
+        released = time.monotonic()
+        await queued
+        waited = time.monotonic() - released
+    assert model.batch_sizes() == [1, 1, 1, 1, 1]
+    assert waited < 0.15  # not the 300 ms window: nobody else was expected
+
+
 async def test_max_batch_size_counts_rows_and_several_small_requests_share_a_batch() -> None:
     model = TinyModel()
     async with make(model, max_batch_size=4) as batcher:
