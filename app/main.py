@@ -32,6 +32,7 @@ from app import probes, routes
 from app.batching import Batcher
 from app.config import Settings, describe_error
 from app.errors import handle_error
+from app.images import warm_up_codecs
 from app.inference import Inference
 from app.lifecycle import Lifecycle, StartupFailureReporter, drain_on_signals
 from app.logs import configure_logging
@@ -157,6 +158,7 @@ async def _serving(
     )
     async with batcher:
         seconds = await warm_up(batcher.submit, runtime)
+        await to_thread.run_sync(warm_up_codecs, runtime.metadata)
         metrics.track_queue(lambda: batcher.queued_rows, lambda: batcher.in_flight_requests)
         metrics.ready.set_function(lambda: float(lifecycle.ready))
         # Everything loaded so far (torch, the model, FastAPI's routes: ~200k objects) lives

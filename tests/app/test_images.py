@@ -24,6 +24,7 @@ from app.images import (
     images_to_base64_png,
     load_image,
     load_images,
+    warm_up_codecs,
 )
 
 LIMIT = 4096 * 4096
@@ -152,3 +153,15 @@ def test_heatmap_is_normalised_per_image():
 def test_constant_heatmap_is_black():
     (encoded,) = heatmaps_to_base64_png(torch.full((1, 1, 4, 4), 3.0))
     assert np.array(Image.open(io.BytesIO(base64.b64decode(encoded)))).max() == 0
+
+
+def test_codec_warm_up_round_trips_an_image_of_the_models_shape(metadata):
+    rgb = ModelMetadata.model_validate(
+        metadata.model_dump()
+        | {"channels": 3, "height": 64, "width": 48}
+        | {"preprocessing": metadata.preprocessing.model_dump() | {"color_mode": "RGB"}}
+    )
+    for each in (metadata, rgb):
+        decoded = warm_up_codecs(each).tensor
+        assert decoded.shape == (1, *each.image_shape)
+        assert torch.allclose(decoded, torch.full_like(decoded, 128 / 255))  # 0.5 -> 128
