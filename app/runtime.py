@@ -132,22 +132,25 @@ class ModelRuntime:
         """The batcher's `PlanFn`: how many of `available` queued rows the next batch takes.
 
         Padded up to its bucket, a batch costs the whole bucket: 33 rows cost 64 rows'
-        time, nearly double 32. Take the largest bucket below `available` instead when
-        that batch plus the rest run on their own (padded) cost less than the padded
-        whole, by the times measured so far; the rest usually find company in the next
-        batch, so this never makes the rows queued now finish later.
+        time, nearly double 32; and past some size a bigger batch only spills out of
+        cache (the heavy fixture decodes 64 rows slower per row than 32). So the batch
+        takes a smaller bucket's worth when that batch plus the rest, each run on its
+        own and padded, cost less than all of them at once, by the fastest times
+        measured so far. The rest usually find company in the next batch, so this never
+        makes the rows queued now finish later.
         """
-        whole = self._bucket(available)
-        index = bisect_left(self.batch_sizes, available) - 1
-        if whole == available or index < 0:
-            return available
-        part = self.batch_sizes[index]
         try:
-            padded = self._cost_s[(op, whole)]
-            split = self._cost_s[(op, part)] + self._cost_s[(op, self._bucket(available - part))]
+            best, best_cost = available, self._cost_s[(op, self._bucket(available))]
+            for part in reversed(self.batch_sizes):  # on a tie the bigger batch goes first
+                if part >= available:
+                    continue
+                rest = self._bucket(available - part)
+                cost = self._cost_s[(op, part)] + self._cost_s[(op, rest)]
+                if cost < best_cost:
+                    best, best_cost = part, cost
         except KeyError:  # not measured yet
             return available
-        return part if split < padded else available
+        return best
 
     def _bucket(self, rows: int) -> int:
         index = bisect_left(self.batch_sizes, rows)

@@ -111,6 +111,14 @@ def test_plan_splits_at_a_bucket_when_the_parts_cost_less_than_the_padded_whole(
     assert timed.plan("decode", 33) == 33  # each op has its own costs
 
 
+def test_plan_splits_a_full_bucket_when_it_runs_slower_per_row_than_two_halves(timed):
+    costs = {1: 1.0, 2: 1.1, 4: 1.2, 8: 1.5, 16: 2.0, 32: 4.0, 64: 9.0}  # 64 spills cache
+    timed._cost_s.update({("decode", size): cost for size, cost in costs.items()})
+    assert timed.plan("decode", 64) == 32  # 4 + 4 < 9
+    assert timed.plan("decode", 40) == 32  # 4 + 1.5 < 9
+    assert timed.plan("decode", 32) == 32  # 2 + 2 is not < 4
+
+
 def test_warmup_times_every_op_at_every_bucket(timed):
     for op, rows in timed.warmup_batches()[::WARMUP_PASSES]:
         timed.run(op, rows)
