@@ -108,10 +108,7 @@ class Settings(BaseSettings):
     @property
     def batch_sizes(self) -> tuple[int, ...]:
         """The batch sizes the model is warmed up at; every batch is padded up to one of them."""
-        sizes = set(self.warmup_batch_sizes)
-        if not sizes:
-            sizes = {1 << k for k in range(self.max_batch_size.bit_length())}
-        return tuple(sorted(sizes | {self.max_batch_size}))
+        return batch_sizes(self.max_batch_size, self.warmup_batch_sizes)
 
     def all_api_keys(self) -> tuple[str, ...]:
         """Keys from `VAE_API_KEYS` and `VAE_API_KEYS_FILE` together."""
@@ -137,3 +134,9 @@ def describe_error(exc: ValidationError) -> str:
     where = f"VAE_{field}: " if field else ""
     message = str(first["msg"]).removeprefix("Value error, ")
     return f"invalid configuration: {where}{message}"
+
+
+def batch_sizes(max_batch_size: int, warmup: tuple[int, ...] = ()) -> tuple[int, ...]:
+    """`warmup` (default: the powers of two below `max_batch_size`) and the maximum itself."""
+    sizes = set(warmup) or {1 << k for k in range(max_batch_size.bit_length())}
+    return tuple(sorted(sizes | {max_batch_size}))

@@ -30,16 +30,15 @@ from torch import Tensor, nn
 
 from app.artifact import (
     FORMAT_VERSION,
-    Calibration,
     ModelMetadata,
     Preprocessing,
     read_metadata,
     save_artifact,
 )
 from app.config import DEFAULT_MODEL_DIR
+from training.calibrate import calibrate
 from training.model import VAE, ModelConfig
 
-LEVELS = [0.0, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 1.0]
 CALIBRATION_IMAGES = 64
 HEAVY = ModelConfig(
     architecture="conv",
@@ -143,7 +142,8 @@ def trivial_for(shape: Shape, cache: Path) -> Subject:
     def build() -> tuple[nn.Module, ModelMetadata]:
         module = TrivialVAE(shape.channels, shape.size, shape.latent_dim)
         training = {"kind": "trivial: the service's own per-request cost"}
-        return module, _metadata(name, module, shape, "trivial", "bernoulli", "recon", 1, training)
+        scoring = ModelConfig(score="recon", score_samples=1)  # what its `score` stands for
+        return module, _metadata(name, module, shape, "trivial", "bernoulli", scoring, training)
 
     return _cached(name, repr(shape), build, cache)
 
@@ -155,14 +155,7 @@ def _vae_fixture(name: str, config: ModelConfig, cache: Path) -> Subject:
         shape = Shape.of(config)
         training = {"model_config": config.to_dict(), "weights": "random (benchmark fixture)"}
         return model, _metadata(
-            name,
-            model,
-            shape,
-            config.architecture,
-            config.likelihood,
-            config.score,
-            config.score_samples,
-            training,
+            name, model, shape, config.architecture, config.likelihood, config, training
         )
 
     network = hashlib.sha256(Path(inspect.getfile(VAE)).read_bytes()).hexdigest()  # its code
@@ -175,8 +168,7 @@ def _metadata(
     shape: Shape,
     architecture: str,
     likelihood: str,
-    score: str,
-    score_samples: int,
+    scoring: ModelConfig,
     training: dict[str, Any],
 ) -> ModelMetadata:
     """Metadata with a calibration computed from the model's own scores on random images."""
@@ -186,16 +178,7 @@ def _metadata(
     )
     with torch.inference_mode():
         scores = model.score(images)  # (N,)
-    quantiles = torch.quantile(scores, torch.tensor(LEVELS)).tolist()
-    calibration = Calibration(
-        score=score,  # type: ignore[arg-type]
-        score_samples=score_samples,
-        count=CALIBRATION_IMAGES,
-        levels=LEVELS,
-        quantiles=quantiles,
-        threshold_level=0.99,
-        threshold=quantiles[LEVELS.index(0.99)],
-    )
+    calibration = calibrate(scores, scoring, threshold_quantile=0.99)
     return ModelMetadata(
         format_version=FORMAT_VERSION,
         name=f"bench-{name}",

@@ -97,11 +97,16 @@ async def closed_loop(
         started = time.perf_counter()
         stop_at = started + seconds
 
+        reported = 0
+
         async def worker() -> None:
+            nonlocal reported
             while (i := next(numbers)) < max_requests and time.perf_counter() < stop_at:
                 await _send(session, targets[i % len(targets)], time.perf_counter(), samples)
-                if on_progress is not None and every and samples.answered % every == 0:
-                    on_progress(samples.answered)
+                due = every and samples.answered >= reported + every
+                if on_progress is not None and due:
+                    reported = samples.answered
+                    on_progress(reported)
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         samples.seconds = time.perf_counter() - started

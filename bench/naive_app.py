@@ -29,6 +29,7 @@ from app.artifact import load_artifact
 from app.images import images_to_base64_png, load_images
 from app.latents import draw_seed, prior_sample
 from app.render import OrjsonResponse, floats
+from app.runtime import pick_device
 
 MAX_PIXELS = 4096 * 4096
 WARMUP_PASSES = 2
@@ -122,9 +123,7 @@ def _warm_up(module: Any, shape: tuple[int, ...], device: str, sizes: tuple[int,
 
 def from_environment() -> FastAPI:
     """The factory uvicorn calls: the same `VAE_*` variables the service reads."""
-    device = os.environ.get("VAE_DEVICE", "auto")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(pick_device(os.environ.get("VAE_DEVICE", "auto")))
     sizes = os.environ.get("VAE_WARMUP_BATCH_SIZES", "1")
     return create_naive_app(
         Path(os.environ["VAE_MODEL_DIR"]),

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.config import batch_sizes
 from bench import ceiling
 from bench.fixtures import Shape, Subject, trivial_for
 from bench.payloads import ENDPOINTS, Workload
@@ -58,11 +59,12 @@ class Options:
     @property
     def batch_sizes(self) -> tuple[int, ...]:
         """The service's buckets with default warm-up sizes: powers of two and the max."""
-        return tuple(
-            sorted(
-                {1 << k for k in range(self.max_batch_size.bit_length())} | {self.max_batch_size}
-            )
-        )
+        return batch_sizes(self.max_batch_size)
+
+    @property
+    def item_counts(self) -> list[int]:
+        """Items per request of every workload: one, and `multi` unless it is 0."""
+        return sorted({1, self.multi} - {0})
 
 
 class Suite:
@@ -108,7 +110,7 @@ class Suite:
             **opts.service_env,
         }
         if config == "naive":
-            env["VAE_WARMUP_BATCH_SIZES"] = ",".join(str(n) for n in sorted({1, opts.multi} - {0}))
+            env["VAE_WARMUP_BATCH_SIZES"] = ",".join(str(n) for n in opts.item_counts)
             return ServerSpec(config, NAIVE, env, factory=True)
         return ServerSpec(config, SERVICE, env)
 
@@ -120,7 +122,7 @@ class Suite:
             return [(ENCODE_ONE, c) for c in sorted({1, opts.concurrency})]
         runs = [(ENCODE_ONE, c) for c in curve]
         for endpoint in opts.endpoints:
-            for items in sorted({1, opts.multi} - {0}):
+            for items in opts.item_counts:
                 if (endpoint, items) != ("encode", 1):
                     runs.append((Workload(endpoint, items), opts.concurrency))
         return runs
@@ -146,7 +148,7 @@ class Suite:
                 mixed = [
                     Workload(endpoint, items)
                     for endpoint in opts.endpoints
-                    for items in sorted({1, opts.multi} - {0})
+                    for items in opts.item_counts
                 ]
                 out["soak"] = runner.soak(mixed, opts.soak_requests, opts.soak_seconds)
             out["rss_end_mb"] = server.rss_mb()

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.artifact import FORMAT_VERSION, Calibration, ModelMetadata, Preprocessing, save_artifact
+from app.artifact import FORMAT_VERSION, ModelMetadata, Preprocessing, save_artifact
+from training.calibrate import calibrate
 from training.model import VAE, ModelConfig
 
 TINY = ModelConfig(architecture="mlp", hidden=(32,), latent_dim=4, image_size=28, score_samples=4)
-LEVELS = [0.0, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 1.0]
 
 
 @pytest.fixture(scope="session")
@@ -52,16 +52,7 @@ def train_tiny_vae(steps: int = 20, seed: int = 0) -> VAE:
 def tiny_metadata(model: VAE) -> ModelMetadata:
     with torch.no_grad():
         scores = model.score((torch.rand(200, 1, 28, 28) > 0.7).float())
-    quantiles = torch.quantile(scores, torch.tensor(LEVELS)).tolist()
-    calibration = Calibration(
-        score="iwae",
-        score_samples=TINY.score_samples,
-        count=len(scores),
-        levels=LEVELS,
-        quantiles=quantiles,
-        threshold_level=0.99,
-        threshold=quantiles[LEVELS.index(0.99)],
-    )
+    calibration = calibrate(scores, TINY, threshold_quantile=0.99)
     return ModelMetadata(
         format_version=FORMAT_VERSION,
         name="tiny-test-vae",

@@ -25,3 +25,15 @@ def test_closed_loop_stops_at_its_request_bound():
     url = f"http://127.0.0.1:{free_port()}/encode"
     samples = load.run(load.closed_loop([(url, b"{}")], concurrency=3, max_requests=7, seconds=5))
     assert sum(samples.errors.values()) == 7 and samples.seconds < 5
+
+
+def test_progress_is_reported_once_per_step_even_when_requests_fail():
+    url = f"http://127.0.0.1:{free_port()}/encode"
+    reported: list[int] = []
+    load.run(
+        load.closed_loop(
+            [(url, b"{}")], concurrency=2, max_requests=6, seconds=5, every=2,
+            on_progress=reported.append,
+        )
+    )  # fmt: skip
+    assert reported == []  # nothing was answered, so no step was reached
