@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from training.config import TrainConfig
-from training.errors import CheckpointError
+from training.errors import CheckpointError, first_line
 from training.model import VAE, ModelConfig
 
 LAST = "last.pt"
@@ -119,7 +119,7 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict[str,
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt or foreign files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise CheckpointError(f"{path}: not a loadable checkpoint ({reason})") from None
     if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
         raise CheckpointError(f"{path}: not a training checkpoint of this project")

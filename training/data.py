@@ -26,7 +26,7 @@ from PIL import Image
 from torch.nn.functional import interpolate
 
 from training.dataset import ImageSet
-from training.errors import DataError
+from training.errors import DataError, first_line
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 GRAYSCALE_MODES = {"1", "L", "LA", "I", "I;16", "F"}
@@ -65,7 +65,7 @@ def _npz(path: Path) -> ImageSet:
             pixels = archive["images"]
             labels = archive["labels"] if "labels" in archive.files else None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-        raise DataError(f"{path}: not a readable .npz file ({_first_line(exc)})") from None
+        raise DataError(f"{path}: not a readable .npz file ({first_line(exc)})") from None
     images = _to_nchw(path, pixels)
     if labels is not None and (labels.shape != (len(images),) or labels.dtype.kind not in "iu"):
         raise DataError(f"{path}: 'labels' must be integers of shape [{len(images)}]")
@@ -123,7 +123,7 @@ def _mode(path: Path) -> str:
         with Image.open(path) as image:  # reads the header only
             return image.mode
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise DataError(f"{path}: unreadable image ({_first_line(exc)})") from None
+        raise DataError(f"{path}: unreadable image ({first_line(exc)})") from None
 
 
 def _read(path: Path, mode: str, image_size: int) -> np.ndarray:
@@ -131,7 +131,7 @@ def _read(path: Path, mode: str, image_size: int) -> np.ndarray:
         with Image.open(path) as image:
             converted = image.convert(mode)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise DataError(f"{path}: unreadable image ({_first_line(exc)})") from None
+        raise DataError(f"{path}: unreadable image ({first_line(exc)})") from None
     if converted.size != (image_size, image_size):
         converted = converted.resize((image_size, image_size), Image.Resampling.BILINEAR)
     return np.asarray(converted, dtype=np.uint8)
@@ -143,8 +143,3 @@ def _folder_labels(root: Path, files: list[Path]) -> torch.Tensor | None:
     if not all(len(p) >= 2 and p[0].isdigit() for p in parts):
         return None
     return torch.tensor([int(p[0]) for p in parts], dtype=torch.int64)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

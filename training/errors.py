@@ -12,6 +12,12 @@ Anything else escaping the CLI is a bug and keeps its traceback.
 from __future__ import annotations
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class TrainingError(Exception):
     """A failure the user can act on; the message is one line."""
 

@@ -10,7 +10,7 @@ so an image's score never depends on which batch it is computed in.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 import torch
@@ -57,7 +57,6 @@ class LossWeights:
     beta: float = 1.0
     warmup_steps: int = 0
     free_bits: float = 0.0
-    extras: dict = field(default_factory=dict)
 
 
 def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,14 +25,12 @@ from training.augment import shift_augment
 from training.checkpoint import Progress, RunIdentity
 from training.config import TrainConfig
 from training.dataset import ImageSet
-from training.distributed import ALONE, World
+from training.distributed import ALONE, Log, World
 from training.errors import CheckpointError, ConfigError
 from training.metrics import negative_elbo
 from training.model import VAE, LossWeights, ModelConfig
 
 MIN_LR_FACTOR = 0.01  # the cosine schedule ends at 1% of --lr, not at zero
-
-Log = Callable[[str], None]
 
 
 @dataclass
