@@ -63,7 +63,7 @@ class VAEClient:
         return parse_encoding(self._post("/encode", _encode_body(images, sample, seed)))
 
     def decode(self, latents: Sequence[Latent], *, format: Format = "png") -> Images:
-        return parse_images(self._post("/decode", {"latents": _rows(latents), "format": format}))
+        return parse_images(self._post("/decode", _decode_body(latents, format)))
 
     def sample(
         self, n: int, *, seed: int | None = None, temperature: float = 1.0, format: Format = "png"
@@ -86,8 +86,7 @@ class VAEClient:
     def anomaly(
         self, images: Sequence[ImageInput], *, heatmap: bool = False
     ) -> list[AnomalyResult]:
-        body = {"images": [_b64_image(image) for image in images], "heatmap": heatmap}
-        return parse_anomaly(self._post("/anomaly", body))
+        return parse_anomaly(self._post("/anomaly", _anomaly_body(images, heatmap)))
 
     def health(self) -> bool:
         return _up(self._http.get("/health"))
@@ -132,9 +131,7 @@ class AsyncVAEClient:
         return parse_encoding(await self._post("/encode", _encode_body(images, sample, seed)))
 
     async def decode(self, latents: Sequence[Latent], *, format: Format = "png") -> Images:
-        return parse_images(
-            await self._post("/decode", {"latents": _rows(latents), "format": format})
-        )
+        return parse_images(await self._post("/decode", _decode_body(latents, format)))
 
     async def sample(
         self, n: int, *, seed: int | None = None, temperature: float = 1.0, format: Format = "png"
@@ -156,8 +153,7 @@ class AsyncVAEClient:
     async def anomaly(
         self, images: Sequence[ImageInput], *, heatmap: bool = False
     ) -> list[AnomalyResult]:
-        body = {"images": [_b64_image(image) for image in images], "heatmap": heatmap}
-        return parse_anomaly(await self._post("/anomaly", body))
+        return parse_anomaly(await self._post("/anomaly", _anomaly_body(images, heatmap)))
 
     async def health(self) -> bool:
         return _up(await self._http.get("/health"))
@@ -225,8 +221,20 @@ def _endpoint(point: ImageInput | Latent) -> dict[str, Any]:
     return {"latent": [float(v) for v in point]}
 
 
+def _images(images: Sequence[ImageInput]) -> list[str]:
+    return [_b64_image(image) for image in images]
+
+
 def _encode_body(images: Sequence[ImageInput], sample: bool, seed: int | None) -> dict[str, Any]:
-    return {"images": [_b64_image(image) for image in images], "sample": sample, "seed": seed}
+    return {"images": _images(images), "sample": sample, "seed": seed}
+
+
+def _decode_body(latents: Sequence[Latent], fmt: Format) -> dict[str, Any]:
+    return {"latents": _rows(latents), "format": fmt}
+
+
+def _anomaly_body(images: Sequence[ImageInput], heatmap: bool) -> dict[str, Any]:
+    return {"images": _images(images), "heatmap": heatmap}
 
 
 def _sample_body(n: int, seed: int | None, temperature: float, fmt: Format) -> dict[str, Any]:
