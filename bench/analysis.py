@@ -17,8 +17,9 @@ from collections.abc import Callable
 from typing import Any
 
 from bench.ceiling import model_ms_per_row
+from bench.payloads import Workload
 
-ENCODE_ONE = "/encode x1"
+ENCODE_ONE = Workload("encode", 1).label  # the workload the targets are read from
 HEAVY_GAIN, DEFAULT_GAIN = 4.0, 1.5
 DEFAULT_MODEL_ONLY = ("trivial model:", "start-up")  # targets issue 6 sets for the default model
 Run = dict[str, Any]
