@@ -1,33 +1,31 @@
 """Dynamic batching: many callers' rows, one model call at a time, off the event loop.
 
-Callers `submit(op, rows)`. A collector task coalesces queued rows that share an op
-into batches of at most `max_batch_size` rows and hands each batch to one worker
-thread, which owns every model call; each caller gets back exactly its own rows.
+Each model gets a `Lane` (`batcher.lane(run, plan=...)`); callers `lane.submit(op, rows)`.
+A collector task takes turns between the lanes that have rows waiting, forms each
+batch from one lane's `RowQueue` (`app.rowqueue`: one key, at most `max_batch_size`
+rows, as the plan says) and hands it to the one worker thread, which owns every model
+call; each caller gets back exactly its own rows (`app.rows`). Rows of different lanes
+never share a forward pass, and a busy lane cannot starve another: after a lane's
+batch, every other lane with rows waiting has its turn first.
 
 Scheduling is work-conserving. A request that arrives while the worker is idle runs
 at once. Requests that arrive while it is busy queue up and form the next batch,
 which waits for company until it is full or its oldest request has waited
-`max_wait_ms` (0: it never waits), and only while the next request is expected
-within that window (by the mean gap between recent arrivals): at a light load nobody is
-coming soon, and waiting would only add latency. The next batch takes the op (and row shape) of the
-oldest queued request plus the later requests that match, so no op starves another;
-a request larger than a batch is split across consecutive batches.
+`max_wait_ms` (0: it never waits), and only while the next request of that lane is
+expected within that window (by the mean gap between recent arrivals): at a light load
+nobody is coming soon, and waiting would only add latency. `max_queue` bounds the rows
+waiting in all lanes together.
 
-How many of the matching rows a batch takes is the `plan`'s call when one is given
-(`plan(op, available) -> rows`): a model padded to fixed batch sizes may run 33 rows
-faster as 32 now and 1 next than as one batch padded to 64, as Triton's preferred batch
-sizes do. The rows left over stay first in line.
-
-Errors a caller of `Batcher.submit` can get::
+Errors a caller of `Lane.submit` can get::
 
     BatchingError
     ├── QueueFullError          refused at once: too many rows already waiting
     ├── DeadlineExceededError   not finished by its deadline; its queued rows are dropped
-    ├── BatcherClosedError      not accepting: draining or stopped
+    ├── BatcherClosedError      not accepting: draining, retired or stopped
     └── NonFiniteOutputError    this request's own output rows hold NaN or inf
 
-    BatchOutputError (a RuntimeError)  run() did not return one output row per input row
-    any exception run() raises          given, as is, to every request of that batch
+    app.rows.BatchOutputError (a RuntimeError)  run() broke its contract
+    any exception run() raises                   given, as is, to every request of that batch
 """
 
 from __future__ import annotations
@@ -35,20 +33,19 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import math
 import time
-from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
+from app.rowqueue import Piece, PlanFn, Request, RowQueue
+from app.rows import Outputs, check_outputs, concatenate, non_finite_pieces, split
+
 logger = logging.getLogger(__name__)
 
-RunFn = Callable[[str, torch.Tensor], tuple[torch.Tensor, ...]]
-GAP_WEIGHT = 0.1  # of the newest gap in the moving average: about the last ten arrivals
-PlanFn = Callable[[str, int], int]  # (op, rows available) -> rows the next batch takes
+RunFn = Callable[[str, torch.Tensor], Outputs]
 
 
 class BatchingError(Exception):
@@ -64,15 +61,12 @@ class DeadlineExceededError(BatchingError):
 
 
 class BatcherClosedError(BatchingError):
-    """The batcher is not accepting requests: not started, draining or stopped."""
+    """Not accepting requests: the batcher is not started, draining or stopped, or the
+    lane was retired."""
 
 
 class NonFiniteOutputError(BatchingError):
     """The model returned NaN or inf for this request's rows (a poison input)."""
-
-
-class BatchOutputError(RuntimeError):
-    """`run` broke its contract: a tuple of tensors, one output row per input row."""
 
 
 @dataclass(frozen=True)
@@ -86,47 +80,67 @@ class BatchStats:
     queue_wait_s: tuple[float, ...]  # per request: from submit to this batch's dispatch
     model_s: float  # time in the worker: concatenation, run(), checks and split
     error: BaseException | None
+    lane: str = ""
 
 
 @dataclass(frozen=True)
 class Outcome:
     """What `submit` returns: every output has leading dim == rows submitted, in order."""
 
-    outputs: tuple[torch.Tensor, ...]
+    outputs: Outputs
     batch_ids: tuple[int, ...]  # the batches this request's rows ran in
-
-
-@dataclass(eq=False)
-class _Request:
-    key: Hashable  # (op, row shape, dtype, device): rows with one key concatenate
-    op: str
-    rows: torch.Tensor  # (N, ...)
-    deadline: float | None
-    future: asyncio.Future[Outcome]
-    submitted: float
-    taken: int = 0  # rows handed to batches so far
-    queued: bool = True  # in the queue with rows not yet taken
-    parts: list[tuple[torch.Tensor, ...]] = field(default_factory=list)
-    batch_ids: list[int] = field(default_factory=list)
-
-    @property
-    def left(self) -> int:
-        return len(self.rows) - self.taken
-
-
-@dataclass(frozen=True)
-class _Piece:
-    request: _Request
-    start: int
-    stop: int
 
 
 @dataclass(frozen=True)
 class _Computed:
-    outputs: list[tuple[torch.Tensor, ...]]  # per piece; the whole request's on its last piece
+    outputs: list[Outputs]  # per piece; the whole request's on its last piece
     non_finite: list[bool] | None  # per piece; None when every row is finite
     model_s: float
     error: Exception | None = None  # from run() or its checks; then `outputs` is empty
+
+
+class Lane:
+    """One model's way into the shared worker: its `run`, its queue, its callers."""
+
+    def __init__(self, batcher: Batcher, run: RunFn, plan: PlanFn | None, name: str) -> None:
+        self.name = name
+        self.run = run
+        self.queue = RowQueue(plan, gap_cap_s=2 * batcher.max_wait_s)
+        self.closed = False
+        self.running = False  # a batch of this lane is in the worker
+        self.live: dict[Request, asyncio.Future[Outcome]] = {}  # submit has not returned
+        self.idle = asyncio.Event()  # nothing live and no batch in the worker
+        self.idle.set()
+        self.batcher = batcher
+
+    @property
+    def accepting(self) -> bool:
+        return self.batcher.accepting and not self.closed
+
+    @property
+    def queued_rows(self) -> int:
+        return self.queue.rows
+
+    @property
+    def in_flight_requests(self) -> int:
+        return len(self.live)
+
+    async def submit(
+        self, op: str, rows: torch.Tensor, *, deadline: float | None = None
+    ) -> Outcome:
+        """Run `rows` (N, ...) through `op`; `deadline` is a `time.monotonic()` value.
+
+        Refusals (`BatcherClosedError`, `QueueFullError`) are raised before any await.
+        """
+        return await self.batcher._submit(self, op, rows, deadline)
+
+    def close(self) -> None:
+        """Stop accepting; everything already accepted still completes."""
+        self.closed = True
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until every accepted request has finished; False if `timeout` ran out."""
+        return await _wait(self.idle, timeout)
 
 
 class Batcher:
@@ -139,42 +153,51 @@ class Batcher:
 
     def __init__(
         self,
-        run: RunFn,
         *,
         max_batch_size: int,
         max_wait_ms: float,
         max_queue: int,
         on_batch: Callable[[BatchStats], None] | None = None,
-        plan: PlanFn | None = None,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or max_wait_ms < 0:
             raise ValueError("need max_batch_size >= 1, max_queue >= 1 and max_wait_ms >= 0")
-        self._run = run
-        self._max_batch_size = max_batch_size
-        self._max_wait_s = max_wait_ms / 1000
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_ms / 1000
         self._max_queue = max_queue
         self._on_batch = on_batch
-        self._plan = plan
-        self._queue: deque[_Request] = deque()
-        self._queued_rows = 0
-        self._live: set[_Request] = set()  # accepted, and submit has not returned yet
+        self._lanes: list[Lane] = []  # in turn order: the next lane to serve first
         self._batch_ids = itertools.count(1)
         self._busy = False
         self._idle_since = float("-inf")  # when the worker last finished a batch
-        self._last_arrival = float("-inf")
-        # moving average of the time between submits; a gap longer than twice the window
-        # counts as twice the window, so that a burst after a quiet spell batches at once
-        self._gap_s = float("inf")
         self._started = self._closed = self._aborted = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batcher")
         self._collector: asyncio.Task[None] | None = None
-        self._wakeup = asyncio.Event()  # the queue or the state changed
-        self._idle = asyncio.Event()  # nothing live and the worker is free
+        self._wakeup = asyncio.Event()  # a queue or the state changed
+        self._idle = asyncio.Event()  # nothing live in any lane and the worker is free
         self._idle.set()
+
+    def lane(self, run: RunFn, *, plan: PlanFn | None = None, name: str = "") -> Lane:
+        """A new lane for a model whose batched call is `run`."""
+        lane = Lane(self, run, plan, name)
+        self._lanes.append(lane)
+        return lane
+
+    async def retire(self, lane: Lane, timeout: float) -> bool:
+        """Close `lane`, let what it accepted finish within `timeout`, then drop it.
+
+        Whatever is still unfinished then fails with `BatcherClosedError`; False if so.
+        """
+        lane.close()
+        drained = await lane.drain(timeout)
+        self._fail_lane(lane, BatcherClosedError("the model was unloaded before this finished"))
+        if lane in self._lanes:
+            self._lanes.remove(lane)
+        self._update_idle(lane)
+        return drained
 
     @property
     def queued_rows(self) -> int:
-        return self._queued_rows
+        return sum(lane.queue.rows for lane in self._lanes)
 
     @property
     def accepting(self) -> bool:
@@ -182,7 +205,7 @@ class Batcher:
 
     @property
     def in_flight_requests(self) -> int:
-        return len(self._live)
+        return sum(len(lane.live) for lane in self._lanes)
 
     async def __aenter__(self) -> Batcher:
         if self._started:
@@ -222,35 +245,30 @@ class Batcher:
 
     async def drain(self, timeout: float) -> bool:
         """Wait until every accepted request has finished; False if `timeout` ran out."""
-        try:
-            async with asyncio.timeout(timeout):
-                await self._idle.wait()
-        except TimeoutError:
-            return False
-        return True
+        return await _wait(self._idle, timeout)
 
-    async def submit(
-        self, op: str, rows: torch.Tensor, *, deadline: float | None = None
+    async def _submit(
+        self, lane: Lane, op: str, rows: torch.Tensor, deadline: float | None
     ) -> Outcome:
-        """Run `rows` (N, ...) through `op`; `deadline` is a `time.monotonic()` value.
-
-        Refusals (`BatcherClosedError`, `QueueFullError`) are raised before any await.
-        """
-        if not self.accepting:
+        if not lane.accepting:
             raise BatcherClosedError("the batcher is not accepting requests")
         if rows.dim() == 0 or len(rows) == 0:
             raise ValueError("rows must have shape (N, ...) with N >= 1")
-        if self._queued_rows + len(rows) > self._max_queue:
+        queued = self.queued_rows
+        if queued + len(rows) > self._max_queue:
             raise QueueFullError(
-                f"{self._queued_rows} rows queued; {len(rows)} more would exceed {self._max_queue}"
+                f"{queued} rows queued; {len(rows)} more would exceed {self._max_queue}"
             )
         now = time.monotonic()
         if deadline is not None and deadline <= now:
             raise DeadlineExceededError("the deadline had passed before the request was queued")
         future = asyncio.get_running_loop().create_future()
-        key = (op, rows.shape[1:], rows.dtype, rows.device)
-        request = _Request(key, op, rows, deadline, future, submitted=now)
-        self._enqueue(request)
+        request = Request(op, rows, now, deadline)
+        lane.queue.add(request)
+        lane.live[request] = future
+        lane.idle.clear()
+        self._idle.clear()
+        self._wakeup.set()
         timeout = asyncio.timeout(None if deadline is None else deadline - now)
         try:
             async with timeout:
@@ -260,50 +278,40 @@ class Batcher:
                 raise DeadlineExceededError("the request did not finish by its deadline") from None
             raise
         finally:  # cancelled, timed out or done: rows not yet taken are never computed
-            self._unqueue(request)
-            self._live.discard(request)
-            self._update_idle()
+            lane.queue.remove(request)
+            del lane.live[request]
+            self._update_idle(lane)
 
-    def _enqueue(self, request: _Request) -> None:
-        gap = request.submitted - self._last_arrival
-        self._last_arrival = request.submitted
-        self._gap_s = (
-            gap
-            if self._gap_s == float("inf")
-            else self._gap_s + GAP_WEIGHT * (min(gap, 2 * self._max_wait_s) - self._gap_s)
-        )
-        self._queue.append(request)
-        self._queued_rows += len(request.rows)
-        self._live.add(request)
-        self._idle.clear()
-        self._wakeup.set()
+    def _fail(self, lane: Lane, request: Request, error: BaseException) -> None:
+        future = lane.live.get(request)
+        if future is not None and not future.done():  # its caller may have gone
+            future.set_exception(error)
+        lane.queue.remove(request)
 
-    def _unqueue(self, request: _Request) -> None:
-        if request.queued:
-            request.queued = False
-            self._queue.remove(request)
-            self._queued_rows -= request.left
-
-    def _fail(self, request: _Request, error: BaseException) -> None:
-        if not request.future.done():  # its caller may have gone
-            request.future.set_exception(error)
-        self._unqueue(request)
+    def _fail_lane(self, lane: Lane, error: BaseException) -> None:
+        for request in list(lane.live):
+            self._fail(lane, request, error)
 
     def _fail_all(self, error: BaseException) -> None:
-        for request in list(self._live):
-            self._fail(request, error)
+        for lane in self._lanes:
+            self._fail_lane(lane, error)
 
-    def _update_idle(self) -> None:
-        if not self._live and not self._busy:
+    def _update_idle(self, lane: Lane) -> None:
+        if not lane.live and not lane.running:
+            lane.idle.set()
+        if not self._busy and not any(other.live for other in self._lanes):
             self._idle.set()
 
     async def _collect(self) -> None:
         try:
             while await self._wait_for_work():
-                await self._gather_company()
-                pieces = self._take_batch()
+                lane = self._next_lane()
+                await self._gather_company(lane)
+                for request in lane.queue.expire(time.monotonic()):
+                    self._fail(lane, request, DeadlineExceededError("the deadline passed"))
+                pieces = lane.queue.take(self.max_batch_size)
                 if pieces:
-                    await self._run_batch(pieces)
+                    await self._run_batch(lane, pieces)
         except Exception:  # a bug here must not leave callers waiting forever
             logger.exception("the batch collector failed; the batcher is closed")
             self._closed = True
@@ -311,32 +319,38 @@ class Batcher:
             raise
 
     async def _wait_for_work(self) -> bool:
-        while not self._queue:
+        while not any(lane.queue for lane in self._lanes):
             if self._closed:
                 return False
             self._wakeup.clear()
             await self._wakeup.wait()
         return True
 
-    async def _gather_company(self) -> None:
+    def _next_lane(self) -> Lane:
+        """The first lane in turn order with rows waiting; it goes to the back of the turn."""
+        index = next(i for i, lane in enumerate(self._lanes) if lane.queue)
+        lane = self._lanes.pop(index)
+        self._lanes.append(lane)
+        return lane
+
+    async def _gather_company(self, lane: Lane) -> None:
         """Let a batch fill while its oldest request is within `max_wait_ms` of arriving.
 
         A request that arrived while the worker was idle runs at once: no lone request
-        pays a batching window; nor does a batch wait when, at the recent arrival rate,
-        no other request would come before the window closes.
+        pays a batching window; nor does a batch wait when, at the lane's recent arrival
+        rate, no other request would come before the window closes.
         """
-        head = self._queue[0]
-        if head.submitted >= self._idle_since:
+        queue, head = lane.queue, lane.queue.head
+        if head is None or head.submitted >= self._idle_since:
             return
-        until = head.submitted + self._max_wait_s
+        until = head.submitted + self.max_wait_s
         while (
             not self._closed
-            and self._queue
-            and self._queue[0] is head
-            and self._rows_waiting(head.key) < self._max_batch_size
+            and queue.head is head
+            and queue.waiting(head.key) < self.max_batch_size
         ):
             remaining = until - time.monotonic()
-            if remaining <= 0 or self._gap_s > remaining:
+            if remaining <= 0 or queue.gap_s > remaining:
                 return
             self._wakeup.clear()
             try:
@@ -345,139 +359,65 @@ class Batcher:
             except TimeoutError:
                 return
 
-    def _rows_waiting(self, key: Hashable) -> int:
-        return sum(request.left for request in self._queue if request.key == key)
-
-    def _take_batch(self) -> list[_Piece]:
-        """Take the oldest request's key, then later requests with that key, up to a batch."""
-        batch = self._drop_expired_and_match()
-        if not batch:
-            return []
-        available = min(self._max_batch_size, sum(request.left for request in batch))
-        room = self._planned_rows(batch[0].op, available)
-        pieces: list[_Piece] = []
-        for request in batch:
-            if room == 0:
-                break
-            take = min(request.left, room)
-            pieces.append(_Piece(request, request.taken, request.taken + take))
-            self._queued_rows -= take
-            request.taken += take
-            room -= take
-            if request.left == 0:
-                self._unqueue(request)
-        return pieces
-
-    def _drop_expired_and_match(self) -> list[_Request]:
-        """Fail queued requests past their deadline; the rest that share the oldest's key."""
-        now = time.monotonic()
-        matching: list[_Request] = []
-        for request in list(self._queue):
-            if request.deadline is not None and request.deadline <= now:
-                self._fail(request, DeadlineExceededError("the deadline passed while queued"))
-            elif not matching or request.key == matching[0].key:
-                matching.append(request)
-        return matching
-
-    def _planned_rows(self, op: str, available: int) -> int:
-        if self._plan is None:
-            return available
-        try:
-            planned = self._plan(op, available)
-        except Exception:
-            logger.exception("the batch plan failed; the batch takes every row available")
-            return available
-        return min(max(int(planned), 1), available)
-
-    async def _run_batch(self, pieces: list[_Piece]) -> None:
+    async def _run_batch(self, lane: Lane, pieces: list[Piece]) -> None:
         batch_id = next(self._batch_ids)
         op = pieces[0].request.op
         dispatched = time.monotonic()
         waits = tuple(dispatched - piece.request.submitted for piece in pieces)
         loop = asyncio.get_running_loop()
-        self._busy = True
+        self._busy = lane.running = True
         try:
-            computed = await loop.run_in_executor(self._executor, self._compute, op, pieces)
+            computed = await loop.run_in_executor(self._executor, _compute, lane.run, op, pieces)
         finally:
-            self._busy = False
+            self._busy = lane.running = False
             self._idle_since = time.monotonic()
-            self._update_idle()
-        self._deliver(pieces, computed, batch_id)
-        rows = sum(piece.stop - piece.start for piece in pieces)
-        stats = BatchStats(batch_id, op, rows, len(pieces), waits, computed.model_s, computed.error)
+            self._update_idle(lane)
+        self._deliver(lane, pieces, computed, batch_id)
+        rows = sum(piece.size for piece in pieces)
+        stats = BatchStats(
+            batch_id, op, rows, len(pieces), waits, computed.model_s, computed.error, lane.name
+        )
         if self._on_batch is not None:
             try:
                 self._on_batch(stats)
             except Exception:
                 logger.exception("the on_batch callback failed; serving goes on")
 
-    def _compute(self, op: str, pieces: list[_Piece]) -> _Computed:
-        """In the worker thread: one run() for the batch, split back per piece."""
-        started = time.perf_counter()
-        sizes = [piece.stop - piece.start for piece in pieces]
-        try:
-            chunks = [piece.request.rows[piece.start : piece.stop] for piece in pieces]
-            batch = torch.cat(chunks) if len(chunks) > 1 else chunks[0]  # (B, ...)
-            with torch.inference_mode():
-                outputs = self._run(op, batch)
-            _check_outputs(outputs, len(batch))
-            non_finite = None
-            if not _all_finite(outputs):
-                finite = _finite_rows(outputs)  # (B,)
-                non_finite = [not bool(ok.all()) for ok in torch.split(finite, sizes)]
-            if len(pieces) == 1:
-                per_piece = [outputs]
-            else:
-                per_piece = list(zip(*(torch.split(out, sizes) for out in outputs), strict=True))
-            for i, piece in enumerate(pieces):  # a split request's last piece: reassemble
-                if piece.request.parts and piece.stop == len(piece.request.rows):
-                    parts = zip(*piece.request.parts, per_piece[i], strict=True)
-                    per_piece[i] = tuple(torch.cat(part) for part in parts)
-        except Exception as exc:
-            return _Computed([], None, time.perf_counter() - started, exc)
-        return _Computed(per_piece, non_finite, time.perf_counter() - started)
-
-    def _deliver(self, pieces: list[_Piece], computed: _Computed, batch_id: int) -> None:
+    def _deliver(self, lane: Lane, pieces: list[Piece], computed: _Computed, batch_id: int) -> None:
         for i, piece in enumerate(pieces):
             request = piece.request
             if computed.error is not None:
-                self._fail(request, computed.error)
+                self._fail(lane, request, computed.error)
             elif computed.non_finite is not None and computed.non_finite[i]:
                 message = f"the model returned NaN or inf for this request (batch {batch_id})"
-                self._fail(request, NonFiniteOutputError(message))
+                self._fail(lane, request, NonFiniteOutputError(message))
             else:
                 request.batch_ids.append(batch_id)
-                if piece.stop < len(request.rows):
+                if not piece.last:
                     request.parts.append(computed.outputs[i])
-                elif not request.future.done():
-                    outcome = Outcome(computed.outputs[i], tuple(request.batch_ids))
-                    request.future.set_result(outcome)
+                elif (future := lane.live.get(request)) is not None and not future.done():
+                    future.set_result(Outcome(computed.outputs[i], tuple(request.batch_ids)))
 
 
-def _check_outputs(outputs: object, rows: int) -> None:
-    if not (isinstance(outputs, tuple) and outputs and all(torch.is_tensor(o) for o in outputs)):
-        raise BatchOutputError(f"run() must return a non-empty tuple of tensors: {outputs!r:.60}")
-    leading = [output.shape[0] if output.dim() else None for output in outputs]
-    if any(n != rows for n in leading):
-        raise BatchOutputError(
-            f"a batched call must return one output row per input row: "
-            f"{rows} rows in, leading dims {leading} out"
-        )
+def _compute(run: RunFn, op: str, pieces: list[Piece]) -> _Computed:
+    """In the worker thread: one run() for the batch, split back per piece."""
+    started = time.perf_counter()
+    try:
+        batch = concatenate(pieces)  # (B, ...)
+        with torch.inference_mode():
+            outputs = run(op, batch)
+        check_outputs(outputs, len(batch))
+        non_finite = non_finite_pieces(outputs, pieces)
+        per_piece = split(outputs, pieces)
+    except Exception as exc:
+        return _Computed([], None, time.perf_counter() - started, exc)
+    return _Computed(per_piece, non_finite, time.perf_counter() - started)
 
 
-def _all_finite(outputs: tuple[torch.Tensor, ...]) -> bool:
-    """True when every value is finite: one sum per output, ~20x cheaper than the per-row
-    check on a batch of images. NaN or inf makes the sum non-finite; finite values whose
-    sum overflows only send the batch to the exact check."""
-    return all(math.isfinite(float(output.sum())) for output in outputs)
-
-
-def _finite_rows(outputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """(B,) bool: True where every output of that row is finite."""
-    finite = None
-    for output in outputs:
-        ok = torch.isfinite(output)
-        ok = ok.flatten(1).all(dim=1) if ok.dim() > 1 else ok
-        finite = ok if finite is None else finite & ok.to(finite.device)
-    assert finite is not None
-    return finite
+async def _wait(event: asyncio.Event, timeout: float) -> bool:
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True

@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.buckets import Buckets
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_DIR = REPO_ROOT / "models" / "mnist"
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -106,9 +108,9 @@ class Settings(BaseSettings):
         return self
 
     @property
-    def batch_sizes(self) -> tuple[int, ...]:
+    def buckets(self) -> Buckets:
         """The batch sizes the model is warmed up at; every batch is padded up to one of them."""
-        return batch_sizes(self.max_batch_size, self.warmup_batch_sizes)
+        return Buckets.up_to(self.max_batch_size, self.warmup_batch_sizes)
 
     def all_api_keys(self) -> tuple[str, ...]:
         """Keys from `VAE_API_KEYS` and `VAE_API_KEYS_FILE` together."""
@@ -134,9 +136,3 @@ def describe_error(exc: ValidationError) -> str:
     where = f"VAE_{field}: " if field else ""
     message = str(first["msg"]).removeprefix("Value error, ")
     return f"invalid configuration: {where}{message}"
-
-
-def batch_sizes(max_batch_size: int, warmup: tuple[int, ...] = ()) -> tuple[int, ...]:
-    """`warmup` (default: the powers of two below `max_batch_size`) and the maximum itself."""
-    sizes = set(warmup) or {1 << k for k in range(max_batch_size.bit_length())}
-    return tuple(sorted(sizes | {max_batch_size}))

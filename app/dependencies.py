@@ -1,11 +1,14 @@
-"""Route dependencies: the lifespan's long-lived objects and the request context, as
-`Annotated` aliases so a route's signature says what it uses (`CallDep`: all a model
-route needs, in one)."""
+"""What routes get from the lifespan: one typed `Services` object, and the request context.
+
+The lifespan yields `{"services": Services(...)}`; Starlette hands that state to every
+request, and `services_of` is the one place that reads it. `ServicesDep` is its route
+dependency, and `CallDep` is all a model route needs, in one dependency.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Request
 
@@ -17,27 +20,36 @@ from app.metrics import Metrics
 from app.runtime import ModelRuntime
 
 
-def _from_state(name: str) -> Any:
-    # async on purpose: FastAPI runs a plain `def` dependency in its thread pool, a thread
-    # hop per dependency per request that profiling showed at ~18% of the event loop
-    async def get(request: Request) -> Any:
-        return getattr(request.state, name)
+@dataclass(frozen=True, slots=True)
+class Services:
+    """The long-lived objects the lifespan owns, as routes see them."""
 
-    return Depends(get)
+    settings: Settings
+    metrics: Metrics
+    lifecycle: Lifecycle
+    runtime: ModelRuntime
+    model: Inference
 
 
-SettingsDep = Annotated[Settings, _from_state("settings")]
-RuntimeDep = Annotated[ModelRuntime, _from_state("runtime")]
-LifecycleDep = Annotated[Lifecycle, _from_state("lifecycle")]
-MetricsDep = Annotated[Metrics, _from_state("metrics")]
+def services_of(request: Request) -> Services:
+    services: Services = request.state.services
+    return services
+
+
+# async on purpose: FastAPI runs a plain `def` dependency in its thread pool, a thread hop
+# per dependency per request that profiling showed at ~18% of the event loop
+async def _services(request: Request) -> Services:
+    return services_of(request)
+
+
+ServicesDep = Annotated[Services, Depends(_services)]
 
 
 @dataclass(frozen=True, slots=True)
 class Call:
     """What a model route uses, as one dependency rather than three: FastAPI solves each
     dependency with its own recursive `solve_dependencies` (parameters, cookies, cache
-    key), ~11% of the event loop with three. One: /encode x1 at concurrency 64 on the
-    trivial model ~2,170 -> ~2,270 req/s (median of 6 alternating runs)."""
+    key), ~11% of the event loop with three (see docs/benchmarks.md)."""
 
     model: Inference
     settings: Settings
@@ -45,8 +57,8 @@ class Call:
 
 
 async def _call_of(request: Request) -> Call:
-    state = request.state
-    return Call(state.inference, state.settings, state.context)
+    services = services_of(request)
+    return Call(services.model, services.settings, request.state.context)
 
 
 CallDep = Annotated[Call, Depends(_call_of)]

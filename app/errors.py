@@ -36,7 +36,6 @@ from typing import Any
 
 import orjson
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -184,12 +183,6 @@ def from_validation_errors(errors: Sequence[Any]) -> InvalidRequestError:
     if kind in _RANGE_TYPES:
         return OutOfRangeError(message)
     return InvalidRequestError(message)
-
-
-def body_validation_error(exc: ValidationError) -> RequestValidationError:
-    """A pydantic error from a body the route parsed itself, located like FastAPI's."""
-    errors = [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
-    return RequestValidationError(errors)
 
 
 def as_service_error(exc: Exception, request_id: str = "-") -> ServiceError:

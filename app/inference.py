@@ -10,9 +10,9 @@ import torch
 
 from app.artifact import ModelMetadata
 from app.batching import (
-    Batcher,
     BatcherClosedError,
     DeadlineExceededError,
+    Lane,
     NonFiniteOutputError,
     QueueFullError,
 )
@@ -22,8 +22,10 @@ from app.metrics import Metrics
 
 
 class Inference:
-    def __init__(self, batcher: Batcher, metadata: ModelMetadata, metrics: Metrics) -> None:
-        self.batcher = batcher
+    """One loaded model version's verbs, through its lane of the shared batcher."""
+
+    def __init__(self, lane: Lane, metadata: ModelMetadata, metrics: Metrics) -> None:
+        self.lane = lane
         self.metadata = metadata
         self._metrics = metrics
 
@@ -53,7 +55,7 @@ class Inference:
         self, op: str, rows: torch.Tensor, context: RequestContext
     ) -> tuple[torch.Tensor, ...]:
         try:
-            outcome = await self.batcher.submit(op, rows, deadline=context.deadline)
+            outcome = await self.lane.submit(op, rows, deadline=context.deadline)
         except QueueFullError:
             self._metrics.rejected.labels("queue_full").inc()
             raise OverloadedError(

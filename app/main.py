@@ -19,18 +19,18 @@ import logging
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
 
 from anyio import to_thread
 from fastapi import Depends, FastAPI
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from app import probes, routes
 from app.batching import Batcher
 from app.config import Settings, describe_error
+from app.dependencies import Services
 from app.errors import handle_error
 from app.images import warm_up_codecs
 from app.inference import Inference
@@ -43,19 +43,9 @@ from app.middleware import (
     DrainGate,
     RequestContextMiddleware,
 )
-from app.openapi import error_responses, install_openapi
+from app.openapi import body_models, error_responses, install_openapi
 from app.render import OrjsonResponse
 from app.runtime import ModelRuntime, StartupError, warm_up
-from app.schemas import (
-    AnomalyForm,
-    AnomalyRequest,
-    DecodeRequest,
-    EncodeForm,
-    EncodeRequest,
-    InterpolateForm,
-    InterpolateRequest,
-    SampleRequest,
-)
 from app.security import ApiKeys, api_key_guard
 
 logger = logging.getLogger("vae.lifecycle")
@@ -65,16 +55,7 @@ DESCRIPTION = """A variational autoencoder over HTTP, with server-side dynamic b
 Images go in as base64 strings in JSON or as multipart `files`; images come out as base64
 PNG or, with `"format": "array"`, as float arrays. Every error is
 `{"error": {"code", "message", "request_id"}}`."""
-SELF_PARSED: list[type[BaseModel]] = [
-    DecodeRequest,
-    SampleRequest,
-    EncodeRequest,
-    EncodeForm,
-    AnomalyRequest,
-    AnomalyForm,
-    InterpolateRequest,
-    InterpolateForm,
-]
+State = dict[str, Services]  # the lifespan state: Starlette copies it into each request
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -96,7 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes.api, dependencies=[Depends(guard)])
     app.include_router(probes.probes)
     _add_middleware(app, settings, metrics, lifecycle)
-    install_openapi(app, SELF_PARSED)
+    install_openapi(app, body_models(routes.api))
     return app
 
 
@@ -129,9 +110,9 @@ def _add_middleware(
 
 def _lifespan(
     settings: Settings, metrics: Metrics, lifecycle: Lifecycle
-) -> Callable[[FastAPI], AbstractAsyncContextManager[dict[str, Any]]]:
+) -> Callable[[FastAPI], AbstractAsyncContextManager[State]]:
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[State]:
         configure_logging(settings.log_level)
         try:
             async with _serving(settings, metrics, lifecycle) as state:
@@ -146,18 +127,17 @@ def _lifespan(
 @asynccontextmanager
 async def _serving(
     settings: Settings, metrics: Metrics, lifecycle: Lifecycle
-) -> AsyncIterator[dict[str, Any]]:
-    runtime = await to_thread.run_sync(ModelRuntime.load, settings)
+) -> AsyncIterator[State]:
+    runtime = await to_thread.run_sync(ModelRuntime.load, settings.model_dir, settings)
     batcher = Batcher(
-        runtime.run,
         max_batch_size=settings.max_batch_size,
         max_wait_ms=settings.max_wait_ms,
         max_queue=settings.max_queue,
         on_batch=metrics.observe_batch,
-        plan=runtime.plan,
     )
     async with batcher:
-        seconds = await warm_up(batcher.submit, runtime)
+        lane = batcher.lane(runtime.run, plan=runtime.plan, name=runtime.metadata.name)
+        seconds = await warm_up(lane.submit, runtime)
         await to_thread.run_sync(warm_up_codecs, runtime.metadata)
         metrics.track_queue(lambda: batcher.queued_rows, lambda: batcher.in_flight_requests)
         metrics.ready.set_function(lambda: float(lifecycle.ready))
@@ -172,19 +152,18 @@ async def _serving(
         logger.info(
             "ready",
             extra={
-                "fields": {"warmup_s": round(seconds, 3), "batch_sizes": list(runtime.batch_sizes)}
+                "fields": {
+                    "warmup_s": round(seconds, 3),
+                    "batch_sizes": list(runtime.buckets.sizes),
+                }
             },
         )
-        state = {
-            "settings": settings,
-            "runtime": runtime,
-            "metrics": metrics,
-            "lifecycle": lifecycle,
-            "inference": Inference(batcher, runtime.metadata, metrics),
-        }
+        services = Services(
+            settings, metrics, lifecycle, runtime, Inference(lane, runtime.metadata, metrics)
+        )
         try:
             with drain_on_signals(lifecycle):
-                yield state
+                yield {"services": services}
         finally:
             await _drain(batcher, lifecycle, settings.drain_timeout_s)
 

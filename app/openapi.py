@@ -1,9 +1,10 @@
 """The OpenAPI document, plus what FastAPI cannot see.
 
-Routes that accept JSON *or* multipart read their bodies themselves (see
-`app.payloads`), so FastAPI does not know their request models. `request_body` states
-them in each route's `openapi_extra`, and `install_openapi` adds the models to the
-document's components so that the references resolve and `/docs` renders both forms.
+Routes read their bodies themselves (JSON *or* multipart, see `app.payloads`), so
+FastAPI does not know their request models. `request_body` states them in each route's
+`openapi_extra`; each such endpoint names its models in its `body_models` attribute,
+and `install_openapi` adds those to the document's components, so that the references
+resolve and `/docs` renders both forms.
 
 The middleware answers on every path, before any route runs, so its errors and headers
 are stated once: `error_responses` gives any router (the app's own included) the error
@@ -16,7 +17,7 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
@@ -79,6 +80,17 @@ def request_body(json_model: type[BaseModel], form_model: type[BaseModel] | None
         "requestBody": {"required": True, "content": content},
         "responses": {"415": unsupported},
     }
+
+
+def body_models(*routers: APIRouter) -> list[type[BaseModel]]:
+    """The request models of every route that reads its own body, in route order."""
+    models: list[type[BaseModel]] = []
+    for router in routers:
+        for route in router.routes:
+            for model in getattr(getattr(route, "endpoint", None), "body_models", ()):
+                if model not in models:
+                    models.append(model)
+    return models
 
 
 def install_openapi(app: FastAPI, models: list[type[BaseModel]]) -> None:

@@ -1,15 +1,19 @@
 """Request bodies that routes read themselves: JSON, or multipart with image files.
 
-/encode, /anomaly and /interpolate take either body, dispatched on Content-Type, and
-both arrive as one validated options model plus the images (base64 `str` from JSON,
-`bytes` from uploads); /decode and /sample take JSON only. Any other Content-Type is a
-415 on every route; `app.openapi` documents the content types.
+A route declares its body once, as a `BodyFormat`: `json_body(DecodeRequest)` (JSON
+only) or `image_body(EncodeRequest, EncodeForm)` (JSON with base64 `images`, or
+multipart with the files in `files`). The format reads and validates the body, and
+tells `app.openapi` which models and content types to document. Image bodies arrive as
+one `ImageBody`: the validated options plus the images (base64 `str` from JSON, `bytes`
+from uploads). Any other Content-Type is a 415 on every route. A pydantic error goes
+straight to `app.errors.from_validation_errors`, located under `body` as FastAPI would.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -17,24 +21,65 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
+from app.config import Settings
 from app.errors import (
     InvalidJsonError,
     InvalidMultipartError,
     MediaTypeError,
     ServiceError,
     TooManyImagesError,
-    body_validation_error,
+    from_validation_errors,
 )
+from app.openapi import request_body
 
 M = TypeVar("M", bound=BaseModel)
+J = TypeVar("J", bound=BaseModel)
+F = TypeVar("F", bound=BaseModel)
+Options = TypeVar("Options")
+B = TypeVar("B")
 MAX_FORM_FIELDS = 16  # the options; images travel as files, which have their own limit
 
 
 @dataclass(frozen=True)
-class ImageBody:
-    options: Any  # the validated request model (JSON) or form model (multipart)
+class ImageBody(Generic[Options]):
+    options: Options  # the validated request model (JSON) or form model (multipart)
     images: list[str | bytes]  # base64 strings from JSON, raw bytes from uploads
     names: list[str]  # how errors refer to each image: "images[0]" or "files[0] (a.png)"
+
+
+@dataclass(frozen=True)
+class BodyFormat(Generic[B]):
+    """How one route's body is read, and documented."""
+
+    models: tuple[type[BaseModel], ...]  # the JSON model, then the form model if any
+    read: Callable[[Request, Settings], Awaitable[B]]
+
+    @property
+    def openapi(self) -> dict[str, Any]:
+        """The route's `openapi_extra`: its request body and the 415."""
+        return request_body(*self.models)
+
+
+def json_body(model: type[M]) -> BodyFormat[M]:
+    """A JSON-only body validated by `model`."""
+
+    async def read(request: Request, settings: Settings) -> M:
+        return await read_json_body(request, model)
+
+    return BodyFormat((model,), read)
+
+
+def image_body(
+    json_model: type[J], form_model: type[F], *, max_images: int | None = None
+) -> BodyFormat[ImageBody[J | F]]:
+    """JSON `{"images": [...], ...}` or a multipart form with `files`; at most
+    `max_images` images (default: `VAE_MAX_IMAGES`)."""
+
+    async def read(request: Request, settings: Settings) -> ImageBody[J | F]:
+        limit = settings.max_images if max_images is None else max_images
+        return await read_image_body(request, json_model, form_model, limit)
+
+    return BodyFormat((json_model, form_model), read)
 
 
 def media_type(request: Request) -> str:
@@ -45,16 +90,22 @@ def is_json(media: str) -> bool:
     return media == "application/json" or media.endswith("+json")
 
 
+def validate(model: type[M], raw: object) -> M:
+    """`model` from parsed JSON or form fields; a 422 naming the first bad field."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        errors = exc.errors()
+        raise from_validation_errors([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
+
+
 async def read_json(request: Request, model: type[M]) -> M:
     """Parse the body with orjson (which refuses NaN and Infinity) and validate it."""
     try:
         raw = orjson.loads(await request.body())
     except orjson.JSONDecodeError as exc:
         raise InvalidJsonError(f"the body is not valid JSON: {exc}") from None
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        raise body_validation_error(exc) from None
+    return validate(model, raw)
 
 
 async def read_json_body(request: Request, model: type[M]) -> M:
@@ -66,10 +117,11 @@ async def read_json_body(request: Request, model: type[M]) -> M:
 
 
 async def read_image_body(
-    request: Request, json_model: type[BaseModel], form_model: type[BaseModel], max_images: int
-) -> ImageBody:
+    request: Request, json_model: type[J], form_model: type[F], max_images: int
+) -> ImageBody[J | F]:
     """JSON `{"images": [...], ...}` or multipart `files=@a.png ...`, at most `max_images`."""
     media = media_type(request)
+    options: J | F
     if is_json(media):
         options = await read_json(request, json_model)
         images: list[str | bytes] = list(getattr(options, "images", None) or [])
@@ -86,8 +138,8 @@ async def read_image_body(
 
 
 async def _read_form(
-    request: Request, model: type[BaseModel], max_images: int
-) -> tuple[BaseModel, list[str | bytes], list[str]]:
+    request: Request, model: type[F], max_images: int
+) -> tuple[F, list[str | bytes], list[str]]:
     try:
         async with request.form(max_files=max_images, max_fields=MAX_FORM_FIELDS) as form:
             fields: dict[str, Any] = {k: v for k, v in form.multi_items() if k != "files"}
@@ -104,8 +156,4 @@ async def _read_form(
                 f"more than {max_images} files; at most {max_images}"
             ) from None
         raise InvalidMultipartError(f"the multipart body is invalid: {exc.detail}") from None
-    try:
-        options = model.model_validate({**fields, "files": blobs})
-    except ValidationError as exc:
-        raise body_validation_error(exc) from None
-    return options, list(blobs), names
+    return validate(model, {**fields, "files": blobs}), list(blobs), names

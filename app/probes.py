@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from app.dependencies import LifecycleDep, MetricsDep
+from app.dependencies import ServicesDep
 from app.errors import NotReadyError, ShuttingDownError
 from app.openapi import error_responses
 from app.render import OrjsonResponse
@@ -21,8 +21,9 @@ async def health() -> Response:
 
 
 @probes.get("/ready", response_model=ReadyResponse, responses=error_responses(503))
-async def ready(lifecycle: LifecycleDep) -> Response:
+async def ready(services: ServicesDep) -> Response:
     """Readiness: the model is loaded and warmed up, and the service is not draining."""
+    lifecycle = services.lifecycle
     if lifecycle.draining:
         raise ShuttingDownError("the service is shutting down")
     if not lifecycle.ready:
@@ -31,6 +32,7 @@ async def ready(lifecycle: LifecycleDep) -> Response:
 
 
 @probes.get("/metrics", response_class=Response, responses={200: {"content": PROMETHEUS_TEXT}})
-async def metrics(registry: MetricsDep) -> Response:
+async def metrics(services: ServicesDep) -> Response:
     """Prometheus metrics in the text exposition format."""
+    registry = services.metrics
     return Response(registry.render(), media_type=registry.content_type)

@@ -1,21 +1,25 @@
 """The HTTP surface. Each route parses, runs the model through the batcher, renders.
 
 `api` holds the five verbs and /model, behind the API-key guard when keys are set
-(the probes, which never need a key, are in `app.probes`).
+(the probes, which never need a key, are in `app.probes`). A verb is declared once
+with `@verb(path, body format, response model)`: the format reads the body before the
+handler runs and documents it (`app.payloads`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from anyio import to_thread
 from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel
 
 from app.config import Settings
 from app.context import RequestContext
-from app.dependencies import CallDep, RuntimeDep, SettingsDep
+from app.dependencies import Call, CallDep, ServicesDep
 from app.errors import (
     LatentSizeError,
     OutOfRangeError,
@@ -24,8 +28,8 @@ from app.errors import (
 from app.images import DecodedImages, heatmaps_to_base64_png, load_images
 from app.inference import Inference
 from app.latents import draw_seed, interpolation_path, posterior_sample, prior_sample
-from app.openapi import error_responses, request_body
-from app.payloads import ImageBody, read_image_body, read_json_body
+from app.openapi import error_responses
+from app.payloads import BodyFormat, ImageBody, image_body, json_body
 from app.render import OrjsonResponse, floats, image_payload
 from app.schemas import (
     AnomalyForm,
@@ -46,6 +50,9 @@ from app.schemas import (
     SampleResponse,
 )
 
+B = TypeVar("B")
+Handler = Callable[[Call, B], Awaitable[Response]]
+
 SIDES = ("start", "end")
 # beyond what the middleware answers on any path: the key guard, the drain gate and the
 # full queue, the deadline (415: `request_body`, for the routes that read their own)
@@ -57,8 +64,32 @@ INLINE_DECODE_BYTES = 16 * 1024
 INLINE_ENCODE_PIXELS = 4 * 28 * 28
 
 
+def verb(
+    path: str, body: BodyFormat[B], response_model: type[BaseModel]
+) -> Callable[[Handler[B]], Handler[B]]:
+    """Declare a model verb: POST `path`, its body read by `body`, answered as documented."""
+
+    def register(handler: Handler[B]) -> Handler[B]:
+        async def endpoint(request: Request, call: CallDep) -> Response:
+            return await handler(call, await body.read(request, call.settings))
+
+        endpoint.body_models = body.models  # type: ignore[attr-defined]  # for app.openapi
+        api.add_api_route(
+            path,
+            endpoint,
+            methods=["POST"],
+            name=handler.__name__,
+            description=handler.__doc__,
+            response_model=response_model,
+            openapi_extra=body.openapi,
+        )
+        return handler
+
+    return register
+
+
 async def _load(
-    body: ImageBody, model: Inference, settings: Settings, context: RequestContext
+    body: ImageBody[Any], model: Inference, settings: Settings, context: RequestContext
 ) -> DecodedImages:
     """Decode the uploads off the event loop (bounded by the request's deadline)."""
     context.items = len(body.images)
@@ -90,13 +121,10 @@ def _latents(vectors: list[list[float]], dim: int, where: str) -> torch.Tensor:
     return torch.tensor(vectors, dtype=torch.float32).reshape(len(vectors), dim)
 
 
-@api.post(
-    "/encode", response_model=EncodeResponse, openapi_extra=request_body(EncodeRequest, EncodeForm)
-)
-async def encode(request: Request, call: CallDep) -> Response:
+@verb("/encode", image_body(EncodeRequest, EncodeForm), EncodeResponse)
+async def encode(call: Call, body: ImageBody[EncodeRequest | EncodeForm]) -> Response:
     """Encode images (JSON base64 or multipart `files`) to mu, logvar and, if asked, z."""
     model, settings, context = call.model, call.settings, call.context
-    body = await read_image_body(request, EncodeRequest, EncodeForm, settings.max_images)
     images = await _load(body, model, settings, context)
     mu, logvar = await model.encode(images.tensor, context)
     options = body.options
@@ -113,11 +141,10 @@ async def encode(request: Request, call: CallDep) -> Response:
     )
 
 
-@api.post("/decode", response_model=DecodeResponse, openapi_extra=request_body(DecodeRequest))
-async def decode(request: Request, call: CallDep) -> Response:
+@verb("/decode", json_body(DecodeRequest), DecodeResponse)
+async def decode(call: Call, body: DecodeRequest) -> Response:
     """Decode latent vectors to images: base64 PNG, or [C][H][W] arrays with format=array."""
     model, settings, context = call.model, call.settings, call.context
-    body = await read_json_body(request, DecodeRequest)
     if len(body.latents) > settings.max_images:
         raise TooManyImagesError(f"{len(body.latents)} latents; at most {settings.max_images}")
     latents = _latents(body.latents, model.metadata.latent_dim, "latents")
@@ -126,11 +153,10 @@ async def decode(request: Request, call: CallDep) -> Response:
     return OrjsonResponse(await _images_out(images, body.format))
 
 
-@api.post("/sample", response_model=SampleResponse, openapi_extra=request_body(SampleRequest))
-async def sample(request: Request, call: CallDep) -> Response:
+@verb("/sample", json_body(SampleRequest), SampleResponse)
+async def sample(call: Call, body: SampleRequest) -> Response:
     """Draw n images from the prior; the same seed gives the same images."""
     model, settings, context = call.model, call.settings, call.context
-    body = await read_json_body(request, SampleRequest)
     if body.n > settings.max_samples:
         raise OutOfRangeError(f"n={body.n}: at most {settings.max_samples} samples per request")
     seed = draw_seed() if body.seed is None else body.seed
@@ -143,15 +169,16 @@ async def sample(request: Request, call: CallDep) -> Response:
     return OrjsonResponse({**rendered, "latents": floats(latents), "seed": seed})
 
 
-@api.post(
+@verb(
     "/interpolate",
-    response_model=InterpolateResponse,
-    openapi_extra=request_body(InterpolateRequest, InterpolateForm),
+    image_body(InterpolateRequest, InterpolateForm, max_images=2),
+    InterpolateResponse,
 )
-async def interpolate(request: Request, call: CallDep) -> Response:
+async def interpolate(
+    call: Call, body: ImageBody[InterpolateRequest | InterpolateForm]
+) -> Response:
     """Walk in latent space from start to end (images or latents), both ends included."""
     model, settings, context = call.model, call.settings, call.context
-    body = await read_image_body(request, InterpolateRequest, InterpolateForm, max_images=2)
     options = body.options
     if options.steps > settings.max_steps:
         raise OutOfRangeError(f"steps={options.steps}: at most {settings.max_steps}")
@@ -164,7 +191,10 @@ async def interpolate(request: Request, call: CallDep) -> Response:
 
 
 async def _endpoints(
-    body: ImageBody, model: Inference, settings: Settings, context: RequestContext
+    body: ImageBody[InterpolateRequest | InterpolateForm],
+    model: Inference,
+    settings: Settings,
+    context: RequestContext,
 ) -> tuple[list[torch.Tensor], dict[str, list[str]]]:
     """Both ends as latent vectors (D,): latents as given, images encoded (one call) to mu."""
     options, dim = body.options, model.metadata.latent_dim
@@ -193,15 +223,10 @@ async def _endpoints(
     return [vector for vector in vectors if vector is not None], notes
 
 
-@api.post(
-    "/anomaly",
-    response_model=AnomalyResponse,
-    openapi_extra=request_body(AnomalyRequest, AnomalyForm),
-)
-async def anomaly(request: Request, call: CallDep) -> Response:
+@verb("/anomaly", image_body(AnomalyRequest, AnomalyForm), AnomalyResponse)
+async def anomaly(call: Call, body: ImageBody[AnomalyRequest | AnomalyForm]) -> Response:
     """Score images against the calibration: score, threshold, percentile, heat map."""
     model, settings, context = call.model, call.settings, call.context
-    body = await read_image_body(request, AnomalyRequest, AnomalyForm, settings.max_images)
     images = await _load(body, model, settings, context)
     scores, pixel_nll = await model.score(images.tensor, context, heatmap=body.options.heatmap)
     heatmaps: list[str | None] = [None] * len(scores)
@@ -223,8 +248,9 @@ async def anomaly(request: Request, call: CallDep) -> Response:
 
 
 @api.get("/model", response_model=ModelInfo)
-async def model_info(runtime: RuntimeDep, settings: SettingsDep) -> Response:
+async def model_info(services: ServicesDep) -> Response:
     """What a client needs: shapes, latent size, likelihood, calibration, metrics, limits."""
+    runtime, settings = services.runtime, services.settings
     meta = runtime.metadata
     info = ModelInfo(
         **meta.model_dump(

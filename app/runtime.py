@@ -7,10 +7,10 @@ Ops, each a batch of rows in and a tuple of per-row outputs out (all float32, on
     score          images (N, C, H, W) -> score (N,)
     score_heatmap  images (N, C, H, W) -> score (N,), pixel_nll (N, C, H, W)
 
-Every batch is padded up to the next warm-up size ("bucket") so that the model only ever
-sees shapes it was warmed up with; padded rows are computed and dropped. The runtime
-times every call per op and bucket (warm-up measures them all), and `plan` uses those
-times to tell the batcher when a batch runs sooner split at a bucket than padded whole. On CUDA the
+Every batch is padded up to its bucket (`app.buckets`); padded rows are computed and
+dropped. The runtime times every call per op and bucket (warm-up measures them all), and
+`plan` uses those times to tell the batcher when a batch runs sooner split at a bucket
+than padded whole. On CUDA the
 rows are staged in pinned host memory, copied without blocking, and the outputs come
 back in one device-to-host copy: one synchronisation per batch. On CPU the same code
 runs and the copies are no-ops.
@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import logging
 import time
-from bisect import bisect_left
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 from app.artifact import ArtifactError, ModelMetadata, load_artifact
+from app.buckets import BucketCosts, Buckets
 from app.config import Settings
 
 logger = logging.getLogger("vae.runtime")
@@ -63,15 +64,14 @@ class ModelRuntime:
         module: torch.jit.ScriptModule,
         metadata: ModelMetadata,
         device: torch.device,
-        batch_sizes: tuple[int, ...],
+        buckets: Buckets,
     ) -> None:
         self.module = module
         self.metadata = metadata
         self.device = device
-        self.batch_sizes = batch_sizes
+        self.buckets = buckets
+        self.costs = BucketCosts(buckets)
         self._staging: dict[tuple[int, ...], torch.Tensor] = {}
-        # fastest call seen per (op, bucket): the cost with the least interference
-        self._cost_s: dict[tuple[str, int], float] = {}
         # `score` runs the decoder on rows x score_samples: past ~128 decoder rows a bigger
         # call only spills activations out of cache (per-image cost 6.5 ms at batch 8,
         # 12.7 ms at 64 unchunked), so it is called in chunks
@@ -88,13 +88,13 @@ class ModelRuntime:
         }
 
     @classmethod
-    def load(cls, settings: Settings) -> ModelRuntime:
+    def load(cls, directory: Path, settings: Settings) -> ModelRuntime:
         """Pick the device, set threads, load the artifact; `StartupError` on any failure."""
         device = pick_device(settings.device)
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
         try:
-            module, metadata = load_artifact(settings.model_dir, device)
+            module, metadata = load_artifact(directory, device)
         except ArtifactError as exc:
             raise StartupError(f"cannot load the model artifact: {exc}") from None
         logger.info(
@@ -103,11 +103,11 @@ class ModelRuntime:
                 "fields": {
                     "model": metadata.name,
                     "device": str(device),
-                    "dir": str(settings.model_dir),
+                    "dir": str(directory),
                 }
             },
         )
-        return cls(module, metadata, device, settings.batch_sizes)
+        return cls(module, metadata, device, settings.buckets)
 
     @property
     def latent_dim(self) -> int:
@@ -124,37 +124,12 @@ class ModelRuntime:
         with torch.inference_mode():
             staged = self._stage(batch)
             outputs = self._to_host(self._ops[op](staged), rows, staged)
-        key = (op, staged.shape[0])
-        self._cost_s[key] = min(self._cost_s.get(key, float("inf")), time.perf_counter() - started)
+        self.costs.record(op, staged.shape[0], time.perf_counter() - started)
         return outputs
 
     def plan(self, op: str, available: int) -> int:
-        """The batcher's `PlanFn`: how many of `available` queued rows the next batch takes.
-
-        Padded up to its bucket, a batch costs the whole bucket: 33 rows cost 64 rows'
-        time, nearly double 32; and past some size a bigger batch only spills out of
-        cache (the heavy fixture decodes 64 rows slower per row than 32). So the batch
-        takes a smaller bucket's worth when that batch plus the rest, each run on its
-        own and padded, cost less than all of them at once, by the fastest times
-        measured so far. The rest usually find company in the next batch, so this never
-        makes the rows queued now finish later.
-        """
-        try:
-            best, best_cost = available, self._cost_s[(op, self._bucket(available))]
-            for part in reversed(self.batch_sizes):  # on a tie the bigger batch goes first
-                if part >= available:
-                    continue
-                rest = self._bucket(available - part)
-                cost = self._cost_s[(op, part)] + self._cost_s[(op, rest)]
-                if cost < best_cost:
-                    best, best_cost = part, cost
-        except KeyError:  # not measured yet
-            return available
-        return best
-
-    def _bucket(self, rows: int) -> int:
-        index = bisect_left(self.batch_sizes, rows)
-        return self.batch_sizes[index] if index < len(self.batch_sizes) else rows
+        """The batcher's `PlanFn`: how many of `available` queued rows the next batch takes."""
+        return self.costs.plan(op, available)
 
     def _stage(self, batch: torch.Tensor) -> torch.Tensor:
         """Copy `batch` into a reusable (pinned, on CUDA) buffer of bucket size, then to device.
@@ -163,7 +138,7 @@ class ModelRuntime:
         `_to_host` waits for the device before the next batch can overwrite it.
         """
         rows = batch.shape[0]
-        shape = (self._bucket(rows), *batch.shape[1:])
+        shape = (self.buckets.of(rows), *batch.shape[1:])
         buffer = self._staging.get(shape)
         if buffer is None:
             pin = self.device.type == "cuda"
@@ -193,7 +168,7 @@ class ModelRuntime:
         """(op, rows) for every op at every bucket, each `WARMUP_PASSES` times."""
         batches = []
         for op in OPS:
-            for size in self.batch_sizes:
+            for size in self.buckets.sizes:
                 rows = torch.full((size, *self.row_shape(op)), 0.5)
                 batches += [(op, rows)] * WARMUP_PASSES
         return batches

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from app.artifact import load_artifact
+from app.buckets import Buckets
 from bench.fixtures import Subject
 
 WARMUP_CALLS = 3
@@ -70,9 +71,9 @@ def model_ms_per_row(ceiling: dict[str, dict[str, float]], batches: dict[str, An
     `batches` is `server.batch_summary(...)[op]`: batches per bucket (the service pads a
     batch up to its bucket, so a batch costs what its bucket costs) and rows in all.
     """
-    sizes = sorted(int(size) for size in ceiling)
+    buckets = Buckets(tuple(sorted(int(size) for size in ceiling)))
     total_ms = 0.0
-    for bucket, count in batches["batch_sizes"].items():
-        size = next((s for s in sizes if s >= int(bucket)), sizes[-1])
+    for bound, count in batches["batch_sizes"].items():
+        size = min(buckets.of(int(bound)), buckets.largest)
         total_ms += count * ceiling[str(size)]["batch_ms"]
     return round(total_ms / batches["rows"], 4) if batches["rows"] else None

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.config import batch_sizes
+from app.buckets import Buckets
 from bench import ceiling
 from bench.fixtures import Shape, Subject, trivial_for
 from bench.payloads import ENDPOINTS, Workload
@@ -59,7 +59,7 @@ class Options:
     @property
     def batch_sizes(self) -> tuple[int, ...]:
         """The service's buckets with default warm-up sizes: powers of two and the max."""
-        return batch_sizes(self.max_batch_size)
+        return Buckets.up_to(self.max_batch_size).sizes
 
     @property
     def item_counts(self) -> list[int]:

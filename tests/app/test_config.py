@@ -28,7 +28,7 @@ def test_environment_is_read_with_the_vae_prefix(monkeypatch, tmp_path):
     assert settings.max_wait_ms == 0.5
     assert settings.all_api_keys() == ("one", "two")
     assert settings.cors_origins == ("https://a.example", "https://b.example")
-    assert settings.batch_sizes == (1, 8, 32, 64)
+    assert settings.buckets.sizes == (1, 8, 32, 64)
 
 
 def test_keys_are_secret_in_reprs():
@@ -52,8 +52,8 @@ def test_key_file_missing_or_empty_is_an_error(tmp_path, content):
 
 
 def test_default_batch_sizes_are_powers_of_two_and_the_maximum():
-    assert Settings(max_batch_size=48).batch_sizes == (1, 2, 4, 8, 16, 32, 48)
-    assert Settings(max_batch_size=1).batch_sizes == (1,)
+    assert Settings(max_batch_size=48).buckets.sizes == (1, 2, 4, 8, 16, 32, 48)
+    assert Settings(max_batch_size=1).buckets.sizes == (1,)
 
 
 @pytest.mark.parametrize(

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from app.buckets import Buckets
 from app.config import Settings
 from app.runtime import OPS, WARMUP_PASSES, ModelRuntime, StartupError, pick_device
 
 
 @pytest.fixture(scope="module")
 def runtime(artifact_dir) -> ModelRuntime:
-    settings = Settings(model_dir=artifact_dir, device="cpu", max_batch_size=8)
-    return ModelRuntime.load(settings)
+    return ModelRuntime.load(artifact_dir, Settings(device="cpu", max_batch_size=8))
 
 
 def test_auto_device_is_cuda_only_when_present():
@@ -28,7 +28,7 @@ def test_missing_cuda_device_is_a_startup_error():
 
 def test_missing_artifact_is_a_one_line_startup_error(tmp_path):
     with pytest.raises(StartupError) as caught:
-        ModelRuntime.load(Settings(model_dir=tmp_path, device="cpu"))
+        ModelRuntime.load(tmp_path, Settings(device="cpu"))
     assert "no model.json" in str(caught.value) and "\n" not in str(caught.value)
 
 
@@ -63,7 +63,7 @@ def test_staging_buffers_are_reused_per_bucket(runtime):
 
 def test_warmup_covers_every_op_at_every_bucket(runtime):
     batches = runtime.warmup_batches()
-    assert runtime.batch_sizes == (1, 2, 4, 8)
+    assert runtime.buckets.sizes == (1, 2, 4, 8)
     seen = {(op, len(rows)) for op, rows in batches}
     assert seen == {(op, size) for op in OPS for size in (1, 2, 4, 8)}
     assert len(batches) == len(seen) * WARMUP_PASSES
@@ -81,48 +81,21 @@ def test_module_methods_match_the_ops(runtime):
 
 def test_every_call_is_timed_under_its_padded_bucket(runtime):
     runtime.run("encode", torch.rand(3, 1, 28, 28))  # padded to 4
-    assert runtime._cost_s[("encode", 4)] > 0
-    assert ("encode", 3) not in runtime._cost_s
+    assert runtime.costs.seconds[("encode", 4)] > 0
+    assert ("encode", 3) not in runtime.costs.seconds
 
 
-@pytest.fixture
-def timed(artifact_dir) -> ModelRuntime:
-    """A runtime with buckets 1..64 whose measured costs the test sets."""
-    settings = Settings(model_dir=artifact_dir, device="cpu", max_batch_size=64)
-    return ModelRuntime.load(settings)
+def test_plan_asks_the_measured_costs(runtime):
+    assert runtime.plan("score", 5) == 5  # nothing measured at bucket 1 yet: every row
+    for op, rows in runtime.warmup_batches()[::WARMUP_PASSES]:
+        runtime.run(op, rows)
+    assert runtime.plan("score", 5) == runtime.costs.plan("score", 5)
 
 
-def test_plan_takes_every_row_until_the_buckets_are_timed(timed):
-    assert timed.plan("encode", 33) == 33
-    timed._cost_s[("encode", 64)] = 2.0
-    timed._cost_s[("encode", 32)] = 1.0
-    assert timed.plan("encode", 33) == 33  # bucket 1, for the one row left, not timed yet
-
-
-def test_plan_splits_at_a_bucket_when_the_parts_cost_less_than_the_padded_whole(timed):
-    # cost grows with rows past 16, nearly flat below: what a CPU shows
-    costs = {1: 1.0, 2: 1.1, 4: 1.2, 8: 1.5, 16: 2.0, 32: 4.0, 64: 8.0}
-    timed._cost_s.update({("encode", size): cost for size, cost in costs.items()})
-    assert timed.plan("encode", 33) == 32  # 4 + 1 < 8
-    assert timed.plan("encode", 48) == 32  # 4 + 2 < 8
-    assert timed.plan("encode", 60) == 60  # 4 + 4 is not < 8
-    assert timed.plan("encode", 5) == 5  # 1.2 + 1.0 > 1.5: padding the small batch is cheaper
-    assert timed.plan("encode", 32) == 32 and timed.plan("encode", 1) == 1
-    assert timed.plan("decode", 33) == 33  # each op has its own costs
-
-
-def test_plan_splits_a_full_bucket_when_it_runs_slower_per_row_than_two_halves(timed):
-    costs = {1: 1.0, 2: 1.1, 4: 1.2, 8: 1.5, 16: 2.0, 32: 4.0, 64: 9.0}  # 64 spills cache
-    timed._cost_s.update({("decode", size): cost for size, cost in costs.items()})
-    assert timed.plan("decode", 64) == 32  # 4 + 4 < 9
-    assert timed.plan("decode", 40) == 32  # 4 + 1.5 < 9
-    assert timed.plan("decode", 32) == 32  # 2 + 2 is not < 4
-
-
-def test_warmup_times_every_op_at_every_bucket(timed):
-    for op, rows in timed.warmup_batches()[::WARMUP_PASSES]:
-        timed.run(op, rows)
-    assert set(timed._cost_s) == {(op, size) for op in OPS for size in timed.batch_sizes}
+def test_warmup_times_every_op_at_every_bucket(runtime):
+    for op, rows in runtime.warmup_batches()[::WARMUP_PASSES]:
+        runtime.run(op, rows)
+    assert set(runtime.costs.seconds) == {(op, n) for op in OPS for n in runtime.buckets.sizes}
 
 
 class Aliasing(torch.nn.Module):
@@ -148,7 +121,7 @@ class Aliasing(torch.nn.Module):
 
 def test_outputs_that_alias_the_staging_buffer_survive_the_next_batch(runtime):
     aliasing = ModelRuntime(
-        torch.jit.script(Aliasing()), runtime.metadata, torch.device("cpu"), (1, 2, 4)
+        torch.jit.script(Aliasing()), runtime.metadata, torch.device("cpu"), Buckets((1, 2, 4))
     )
     first = aliasing.run("score_heatmap", torch.full((3, 1, 28, 28), 0.25))
     aliasing.run("score_heatmap", torch.full((3, 1, 28, 28), 0.75))  # same bucket, same buffer
