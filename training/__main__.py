@@ -1,7 +1,10 @@
 """`python -m training --help`."""
 
 import sys
+import time
 
-from training.cli import main
+started = time.monotonic()  # before torch is imported: --max-minutes counts that too
 
-sys.exit(main())
+from training.cli import main  # noqa: E402
+
+sys.exit(main(started=started))

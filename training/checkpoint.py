@@ -1,7 +1,8 @@
 """Checkpoints: plain dicts of tensors and primitives, loadable with `weights_only=True`.
 
 `last.pt` holds everything `--resume` needs (weights, optimizer, epoch, step, the best
-weights so far); `best.pt` holds the weights with the lowest validation negative ELBO.
+weights so far, the images and seconds trained, so the throughput spans every epoch);
+`best.pt` holds the weights with the lowest validation negative ELBO.
 Both carry `ModelConfig.to_dict()` and the training config, so a checkpoint rebuilds
 its own model. Nothing is pickled as an object: no code runs when one is loaded.
 """
@@ -34,6 +35,9 @@ class Progress:
     best_val: float = math.inf
     best_epoch: int = 0
     best_weights: dict[str, Tensor] | None = None
+    images: int = 0  # trained on, by all ranks, over every epoch so far
+    train_seconds: float = 0.0  # spent in those epochs' steps (validation not counted)
+    pace: float = 0.0  # how far along its schedules the run is (`training.budget.Pace`)
 
     def record(self, epoch: int, val: float, model: VAE) -> bool:
         """Close `epoch` with validation `val`; True (and keep the weights) when best."""
@@ -72,6 +76,9 @@ def save_last(
         "best_val_nelbo": progress.best_val,
         "best_epoch": progress.best_epoch,
         "best_model": progress.best_weights,
+        "images": progress.images,
+        "train_seconds": progress.train_seconds,
+        "pace": progress.pace,
         **run.fields(),
     }
     return save_checkpoint(state, run.config.checkpoint_path / LAST)
@@ -101,6 +108,10 @@ def resume(path: Path, run: RunIdentity, model: VAE, optimizer: torch.optim.Opti
         best_val=float(state["best_val_nelbo"]),
         best_epoch=int(state["best_epoch"]),
         best_weights=state["best_model"],
+        # absent from checkpoints written before they were recorded
+        images=int(state.get("images", 0)),
+        train_seconds=float(state.get("train_seconds", 0.0)),
+        pace=float(state.get("pace", 0.0)),
     )
 
 

@@ -52,14 +52,16 @@ def run_cli(command: Callable[[], Any]) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, started: float | None = None) -> int:
+    """The command; `started` (time.monotonic()) is when the process began, for
+    --max-minutes (default: now)."""
     args = build_parser().parse_args(argv)
-    return run_cli(lambda: _train(args))
+    return run_cli(lambda: _train(args, started))
 
 
-def _train(args: argparse.Namespace) -> None:
+def _train(args: argparse.Namespace, started: float | None) -> None:
     config = flags.config_from_args(args)
-    fit = pipeline.run(config)
+    fit = pipeline.run(config, started=started)
     if fit is None:  # a torchrun rank other than 0: rank 0 reports
         return
     print(f"artifact: {fit.artifact}")
@@ -70,7 +72,7 @@ def _train(args: argparse.Namespace) -> None:
     )
     print(
         f"validation: negative ELBO {metrics['val_nelbo']:.2f} nats/image, "
-        f"IWAE -log p(x) {metrics['val_iwae_nll']:.2f} (k={config.iwae_samples})"
+        f"IWAE -log p(x) {metrics['val_iwae_nll']:.2f} (k={metrics['iwae_samples']:.0f})"
     )
     print(
         f"anomaly threshold ({config.score}, q={config.threshold_quantile}): "

@@ -10,9 +10,9 @@ gradients in backward, so the replicas stay identical. `--batch-size` is the glo
 batch: each rank takes batch_size / world_size images a step, so a recipe means the
 same thing at any scale (the same steps per epoch, hence the same schedules).
 Validation is split over the ranks and all-reduced, so all of them agree on the best
-epoch. Rank 0 alone writes checkpoints, metrics and the artifact; the others wait for
-it at a barrier. CPU ranks talk over gloo, GPU ranks over NCCL, each rank on the GPU
-of its local rank.
+epoch, and so is the final evaluation. Rank 0 alone writes checkpoints, metrics and the
+artifact; the others wait for it at a barrier. CPU ranks talk over gloo, GPU ranks
+over NCCL, each rank on the GPU of its local rank.
 
 Without torchrun the world is one rank and nothing here touches `torch.distributed`:
 a plain run computes exactly what it did before this module existed.
@@ -105,13 +105,21 @@ class World:
         dist.all_reduce(totals)
         return float(totals[0] / totals[1])
 
-    def any_rank(self, flag: bool) -> bool:
-        """Whether `flag` holds on any rank, answered alike on all: a stop they take together."""
+    def sum(self, values: list[float]) -> list[float]:
+        """Each of `values` added up over the ranks: one all-reduce."""
         if self.size == 1:
-            return flag
-        votes = torch.tensor([float(flag)], device=_collective_device())
-        dist.all_reduce(votes, op=dist.ReduceOp.MAX)
-        return bool(votes.item())
+            return values
+        totals = torch.tensor(values, dtype=torch.float64, device=_collective_device())
+        dist.all_reduce(totals)
+        return totals.tolist()
+
+    def from_main(self, values: list[float]) -> list[float]:
+        """Rank 0's `values`, on every rank: one broadcast (what rank 0 decides, all do)."""
+        if self.size == 1:
+            return values
+        shared = torch.tensor(values, dtype=torch.float64, device=_collective_device())
+        dist.broadcast(shared, src=0)
+        return shared.tolist()
 
     def barrier(self) -> None:
         if self.size > 1:

@@ -28,7 +28,7 @@ from training.cli import run_cli
 from training.data import load_images
 from training.dataset import select_classes, split
 from training.errors import ConfigError, TrainingError
-from training.metrics import EVAL_ROWS
+from training.metrics import chunk_rows
 from training.model import ScoreKind
 from training.pipeline import write_json
 
@@ -150,11 +150,12 @@ def artifact_command(args: argparse.Namespace) -> None:
         images = split(images, args.val_fraction, args.seed)[1]
     x = images.images
     torch.manual_seed(args.seed)
+    rows = chunk_rows(metadata.image_shape)
     nelbo = torch.cat(
-        [module.elbo(b, args.elbo_samples) for b in x.split(_chunk(args.elbo_samples))]
+        [module.elbo(b, args.elbo_samples) for b in x.split(_chunk(rows, args.elbo_samples))]
     )
     iwae = torch.cat(
-        [module.iwae(b, args.iwae_samples) for b in x.split(_chunk(args.iwae_samples))]
+        [module.iwae(b, args.iwae_samples) for b in x.split(_chunk(rows, args.iwae_samples))]
     )
     scores = score_images(module.score, x)
     metrics = {
@@ -171,8 +172,8 @@ def artifact_command(args: argparse.Namespace) -> None:
         write_json(Path(args.json), {"artifact": args.directory, "data": args.data, **metrics})
 
 
-def _chunk(samples: int) -> int:
-    return max(1, math.ceil(EVAL_ROWS / samples))
+def _chunk(rows: int, samples: int) -> int:
+    return max(1, math.ceil(rows / samples))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

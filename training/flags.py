@@ -148,7 +148,9 @@ def add_optim_flags(parser: argparse.ArgumentParser, resume: bool = True) -> Non
     group.add_argument(
         "--max-minutes",
         type=float,
-        help="stop training after this many minutes (default: no limit)",
+        help="finish the whole command (training, evaluation, export) within this many "
+        "minutes: training stops early enough, the schedules follow the clock, and the "
+        "evaluation takes fewer draws when it must (default: no limit)",
     )
     group.add_argument(
         "--device",

@@ -3,27 +3,38 @@
     load -> filter classes -> split -> train -> evaluate -> calibrate -> export
 
 The anomaly protocol (`training.anomaly`) runs the same steps once per digit. Under
-torchrun every rank loads and trains, and rank 0 alone evaluates and exports
-(`training.distributed`).
+torchrun every rank loads, trains and evaluates its share, and rank 0 alone calibrates
+and exports (`training.distributed`). `--max-minutes` bounds all of it
+(`training.budget`).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from app.artifact import Calibration
 from training import distributed
+from training.budget import Budget
 from training.calibrate import calibrate, score_images
 from training.config import TrainConfig
 from training.data import load_images
 from training.dataset import ImageSet, fingerprint, select_classes, split
 from training.distributed import ALONE, World
 from training.export import build_metadata, export_artifact
-from training.metrics import validation_metrics
+from training.metrics import (
+    EvalPlan,
+    LikelihoodSums,
+    format_seconds,
+    likelihood_sums,
+    metrics_from,
+    plan_evaluation,
+)
 from training.model import VAE, ModelConfig
 from training.train import Log, TrainResult, resolve_device, train
 
@@ -60,54 +71,103 @@ def fit_and_export(
     config: TrainConfig, data: PreparedData, log: Log = print, isolated_check: bool = True
 ) -> FitResult:
     """Train on `data`, measure, calibrate, export and verify the artifact."""
-    return evaluate_and_export(config, data, fit(config, data, log), log, isolated_check)
+    budget = Budget(config.max_minutes)
+    result = fit(config, data, log, budget=budget)
+    measured = measure(config, data, result, budget, log)
+    return export(config, data, result, measured, log, isolated_check)
 
 
 def _log_now(line: str) -> None:
     print(line, flush=True)  # ranks share torchrun's stdout: unflushed lines can be lost
 
 
-def run(config: TrainConfig, log: Log = _log_now) -> FitResult | None:
-    """`python -m training`. Under torchrun every rank trains on its shards, then rank 0
-    evaluates and exports while the others wait for it and return None."""
+def run(config: TrainConfig, log: Log = _log_now, started: float | None = None) -> FitResult | None:
+    """`python -m training`, within `--max-minutes` of `started` (default: now). Under
+    torchrun every rank trains on its shards and evaluates its share of the validation
+    images, then rank 0 calibrates and exports while the others wait and return None."""
+    budget = Budget(config.max_minutes, time.monotonic() if started is None else started)
     world = distributed.current()
     with distributed.process_group(world, world.rank_device(resolve_device(config.device))):
         data = prepare_data(config)
-        result = fit(config, data, world.main_only(log), world)
+        main_log = world.main_only(log)
+        result = fit(config, data, main_log, world, budget)
         if world.size > 1:  # every rank, so that its shard shows
             log(
                 f"rank {world.rank} of {world.size} trained on {result.images_trained} images, "
                 f"its shards of {len(data.train)} per epoch"
             )
+        measured = measure(config, data, result, budget, main_log, world)
         fitted = None
         if world.is_main:
-            fitted = evaluate_and_export(config, data, result, log, world_size=world.size)
+            exporting = time.monotonic()
+            fitted = export(config, data, result, measured, log, world_size=world.size)
+            log(
+                f"exported in {format_seconds(time.monotonic() - exporting)}; "
+                f"{format_seconds(budget.elapsed())} in all"
+                + (f" of --max-minutes {config.max_minutes}" if budget.bounded else "")
+            )
         world.barrier()  # no rank exits before the artifact is written
     return fitted
 
 
 def fit(
-    config: TrainConfig, data: PreparedData, log: Log = print, world: World = ALONE
+    config: TrainConfig,
+    data: PreparedData,
+    log: Log = print,
+    world: World = ALONE,
+    budget: Budget | None = None,
 ) -> TrainResult:
     """Train on `data.train`, keeping the weights that do best on `data.val`."""
     log(f"training on {len(data.train)} images, validating on {len(data.val)}")
     model_config = config.model_config(data.train.channels)
-    return train(config, model_config, data.train, data.val, data.fingerprint, log, world)
+    return train(config, model_config, data.train, data.val, data.fingerprint, log, world, budget)
 
 
-def evaluate_and_export(
+def measure(
     config: TrainConfig,
     data: PreparedData,
     result: TrainResult,
+    budget: Budget,
+    log: Log = print,
+    world: World = ALONE,
+) -> dict[str, float]:
+    """Negative ELBO and IWAE on the validation split, each rank on its share, in the
+    time the budget leaves (fewer draws, or fewer images, when it would not fit)."""
+    images = world.stride(data.val.images)
+    row_seconds = 0.0 if math.isnan(result.row_seconds) else result.row_seconds  # no epoch run
+    calibration_seconds = 2 * config.score_samples * len(data.val) * row_seconds
+    seconds_left = budget.left() - budget.export_reserve() - calibration_seconds
+    plan, note = plan_evaluation(len(images), config.iwae_samples, row_seconds, seconds_left)
+    elbo, k, left = world.from_main([plan.elbo_samples, plan.iwae_samples, seconds_left])
+    plan = EvalPlan(int(elbo), int(k), time.monotonic() + left)
+    if note:
+        log(note)
+    log(
+        f"evaluating: negative ELBO ({plan.elbo_samples} draws) and IWAE (k={plan.iwae_samples}) "
+        f"on the {len(data.val)} validation images"
+    )
+    sums = likelihood_sums(result.model, images, plan, config.seed)
+    total = world.sum([sums.nelbo, sums.iwae, float(sums.images)])
+    sums = LikelihoodSums(total[0], total[1], int(total[2]))
+    if sums.images < len(data.val):
+        log(
+            f"evaluation: --max-minutes reached after {sums.images} of {len(data.val)} "
+            "validation images; the metrics are over those"
+        )
+    return metrics_from(sums, plan) | result.metrics() | {"train_images": float(len(data.train))}
+
+
+def export(
+    config: TrainConfig,
+    data: PreparedData,
+    result: TrainResult,
+    metrics: dict[str, float],
     log: Log = print,
     isolated_check: bool = True,
     world_size: int = 1,
 ) -> FitResult:
-    """Measure the trained model, calibrate its score, export and verify the artifact."""
+    """Calibrate the trained model's score, export and verify the artifact."""
     model_config = config.model_config(data.train.channels)
-    log(f"evaluating: negative ELBO and IWAE (k={config.iwae_samples}) on the validation split")
-    metrics = validation_metrics(result.model, data.val.images, config.iwae_samples, config.seed)
-    metrics |= result.metrics() | {"train_images": float(len(data.train))}
     model = copy.deepcopy(result.model).cpu()  # the artifact and its calibration run on CPU
     scores = score_images(model.score, data.val.images)
     calibration = calibrate(scores, model_config, config.threshold_quantile)

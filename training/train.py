@@ -1,12 +1,13 @@
 """The training loop: Adam on the negative ELBO, with the known cures for KL vanishing.
 
 loss = reconstruction (the model's likelihood: Bernoulli BCE, or Gaussian with a
-learned variance) + beta * warm-up(step) * KL, where KL is summed over latent
-dimensions after a per-dimension free-bits floor on its batch average. The learning
-rate follows a cosine schedule per step. Each epoch is seeded from (seed, epoch), so
-its shuffle, shifts and reparameterisation noise are the same whether or not the
-run was resumed in between. Under torchrun each rank trains on its shard of every
-epoch and draws its own noise (see `training.distributed`).
+learned variance) + beta * warm-up * KL, where KL is summed over latent dimensions
+after a per-dimension free-bits floor on its batch average. The learning rate follows
+a cosine schedule. Both schedules run on the run's `Pace` (`training.budget`): by
+steps, or by time when `--max-minutes` ends the run first. Each epoch is seeded from
+(seed, epoch), so its shuffle, shifts and reparameterisation noise are the same
+whether or not the run was resumed in between. Under torchrun each rank trains on its
+shard of every epoch and draws its own noise (see `training.distributed`).
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ from tqdm import tqdm
 
 from training import checkpoint
 from training.augment import shift_augment
+from training.budget import Budget, Pace
 from training.checkpoint import Progress, RunIdentity
 from training.config import TrainConfig
 from training.dataset import ImageSet
 from training.distributed import ALONE, Log, World
 from training.errors import CheckpointError, ConfigError
-from training.metrics import negative_elbo
+from training.metrics import ELBO_SAMPLES, negative_elbo
 from training.model import VAE, LossWeights, ModelConfig
 
 MIN_LR_FACTOR = 0.01  # the cosine schedule ends at 1% of --lr, not at zero
@@ -39,8 +41,9 @@ class TrainResult:
     best_epoch: int
     best_val_nelbo: float
     epochs: int  # epochs completed in all, counting those before a --resume
-    images_per_second: float  # by all ranks together
+    images_per_second: float  # by all ranks together, over every epoch (resumed ones too)
     images_trained: int  # by this process in this run; under torchrun, its shards only
+    row_seconds: float  # one decoder row of validation, as last measured on this rank
 
     def metrics(self) -> dict[str, float]:
         return {
@@ -49,6 +52,16 @@ class TrainResult:
             "best_val_nelbo_1_sample": self.best_val_nelbo,
             "train_images_per_second": self.images_per_second,
         }
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """Means over one epoch's images (this rank's shard) and their count."""
+
+    loss: float
+    recon: float
+    kl: float
+    images: int
 
 
 def resolve_device(name: str) -> torch.device:
@@ -64,26 +77,23 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def kl_warmup(step: int, warmup_steps: int) -> float:
-    """Linear KL warm-up from ~0 to 1 over `warmup_steps` optimizer steps."""
-    return 1.0 if warmup_steps <= 0 else min(1.0, (step + 1) / warmup_steps)
-
-
-def cosine_lr(step: int, total_steps: int, base: float) -> float:
-    progress = min(1.0, step / max(1, total_steps))
+def cosine_lr(fraction: float, base: float) -> float:
+    """The learning rate `fraction` of the way through the run: cosine from base."""
+    progress = min(1.0, max(0.0, fraction))
     return base * (MIN_LR_FACTOR + (1 - MIN_LR_FACTOR) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def loss_terms(
-    model: nn.Module, x: Tensor, weights: LossWeights, step: int
+    model: nn.Module, x: Tensor, weights: LossWeights, warmup: float
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """(loss, mean reconstruction nll, mean KL) for one batch of a VAE (or DDP around one)."""
+    """(loss, mean reconstruction nll, mean KL) for one batch of a VAE (or DDP around one);
+    `warmup` is the KL warm-up factor in [0, 1]."""
     recon, kl, _ = model(x)  # (N,), (N, D)
     kl_per_dim = kl.mean(0)  # (D,)
     # Free bits (Kingma et al. 2016): a dimension below the floor gets no KL gradient,
     # so the encoder can start using it before the prior pulls it back to N(0, 1).
     kl_term = kl_per_dim.clamp(min=weights.free_bits).sum()
-    loss = recon.mean() + weights.beta * kl_warmup(step, weights.warmup_steps) * kl_term
+    loss = recon.mean() + weights.beta * warmup * kl_term
     return loss, recon.mean(), kl_per_dim.sum()
 
 
@@ -95,11 +105,14 @@ def train(
     data_fingerprint: str,
     log: Log = print,
     world: World = ALONE,
+    budget: Budget | None = None,
 ) -> TrainResult:
     """Train, checkpointing every epoch; return the model with the best validation weights.
 
-    Under torchrun every rank calls this; rank 0 alone writes the checkpoints.
+    Under torchrun every rank calls this; rank 0 alone writes the checkpoints. With a
+    `budget` (default: `--max-minutes` from now), training leaves the evaluation its share.
     """
+    budget = budget or Budget(config.max_minutes)
     world.require_shareable(config.batch_size, len(val_set))
     run = RunIdentity(config, model_config, data_fingerprint)
     if config.threads is not None:
@@ -113,35 +126,45 @@ def train(
         log(f"resumed from {config.resume} after epoch {progress.epoch}")
     replica = world.wrap(model)  # takes the steps; `model` is what is validated and saved
     images = train_set.images.to(next(model.parameters()).device)
+    val_images = world.stride(val_set.images)
     steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
     weights = LossWeights(
         beta=config.beta,
         warmup_steps=round(config.warmup_epochs * steps_per_epoch),
         free_bits=config.free_bits,
     )
-    deadline = None if config.max_minutes is None else time.monotonic() + 60 * config.max_minutes
-    seen, busy = 0, 0.0
+    pace = Pace(config.epochs * steps_per_epoch, weights.warmup_steps, budget, progress.pace, world)
+    trained, row_seconds = 0, math.nan
     for epoch in range(progress.epoch + 1, config.epochs + 1):
         started = time.monotonic()
-        loss, recon, kl, count = _train_epoch(
-            replica, optimizer, images, config, weights, progress, epoch, deadline, world
+        stats = _train_epoch(
+            replica, optimizer, images, config, weights, progress, pace, epoch, world
         )
         seconds = time.monotonic() - started
-        seen, busy = seen + count, busy + seconds
-        nelbo = negative_elbo(model.eval(), world.stride(val_set.images), seed=config.seed)
+        trained += stats.images
+        progress.images += world.size * stats.images
+        progress.train_seconds += seconds
+        started = time.monotonic()
+        nelbo = negative_elbo(model.eval(), val_images, seed=config.seed)
+        row_seconds = (time.monotonic() - started) / len(val_images)
         val = world.mean(nelbo)  # the same on every rank, so all agree on the best epoch
+        progress.pace = pace.fraction(progress.step)
         improved = progress.record(epoch, val, model)
         if world.is_main:
             checkpoint.save_last(run, model, optimizer, progress)
             if improved:
                 checkpoint.save_best(run, progress)
         log(
-            f"epoch {epoch}/{config.epochs}  loss {loss:.2f}  recon {recon:.2f}  kl {kl:.2f}  "
-            f"val nelbo {val:.2f}{' (best)' if improved else ''}  "
-            f"{world.size * count / max(seconds, 1e-9):.0f} img/s"
+            f"epoch {epoch}/{config.epochs}  loss {stats.loss:.2f}  recon {stats.recon:.2f}  "
+            f"kl {stats.kl:.2f}  val nelbo {val:.2f}{' (best)' if improved else ''}  "
+            f"{world.size * stats.images / max(seconds, 1e-9):.0f} img/s"
         )
-        if deadline is not None and world.any_rank(time.monotonic() > deadline):
-            log(f"--max-minutes {config.max_minutes} reached after epoch {epoch}; stopping")
+        pace.set_eval_estimate(evaluation_seconds(config, len(val_images), row_seconds))
+        if pace.sync(progress.step):
+            log(
+                f"--max-minutes {config.max_minutes}: training stops after epoch {epoch}, "
+                "leaving the evaluation and export their time"
+            )
             break
     if progress.best_weights is None:
         raise CheckpointError("no epoch was trained and the checkpoint holds no best weights")
@@ -151,9 +174,17 @@ def train(
         progress.best_epoch,
         progress.best_val,
         progress.epoch,
-        world.size * seen / max(busy, 1e-9),
-        seen,
+        progress.images / max(progress.train_seconds, 1e-9),
+        trained,
+        row_seconds,
     )
+
+
+def evaluation_seconds(config: TrainConfig, images: int, row_seconds: float) -> float:
+    """What the evaluation of `images` (this rank's share) should take at `row_seconds`
+    per decoder row: the metrics' draws, and the calibration's scores on rank 0."""
+    rows = images * (ELBO_SAMPLES + config.iwae_samples + 2 * config.score_samples)
+    return rows * row_seconds
 
 
 def _train_epoch(
@@ -163,15 +194,14 @@ def _train_epoch(
     config: TrainConfig,
     weights: LossWeights,
     progress: Progress,
+    pace: Pace,
     epoch: int,
-    deadline: float | None,
     world: World,
-) -> tuple[float, float, float, int]:
-    """One pass over the shuffled training images (under torchrun, over this rank's shard);
-    returns mean loss, recon, KL, and the number of images."""
+) -> EpochStats:
+    """One pass over the shuffled training images (under torchrun, over this rank's shard),
+    cut short when the pace says the time is up."""
     model.train()
     torch.manual_seed(config.seed * 1_000_003 + epoch)
-    total_steps = config.epochs * math.ceil(len(images) / config.batch_size)
     sums, count = torch.zeros(3, device=images.device), 0
     order = world.shard(torch.randperm(len(images), device=images.device))
     batches = order.split(world.local_batch(config.batch_size))
@@ -187,8 +217,8 @@ def _train_epoch(
     for index in batches:
         x = shift_augment(images[index], config.augment_shift)  # (B, C, H, W)
         for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(progress.step, total_steps, config.lr)
-        loss, recon, kl = loss_terms(model, x, weights, progress.step)
+            group["lr"] = cosine_lr(pace.fraction(progress.step), config.lr)
+        loss, recon, kl = loss_terms(model, x, weights, pace.kl_weight(progress.step))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -199,8 +229,8 @@ def _train_epoch(
         if progress.step % 20 == 0:  # .tolist() waits for the GPU; not every step
             mean = (sums / count).tolist()
             bar.set_postfix(loss=f"{mean[0]:.1f}", recon=f"{mean[1]:.1f}", kl=f"{mean[2]:.1f}")
-        if deadline is not None and world.any_rank(time.monotonic() > deadline):
+        if pace.due(progress.step) and pace.sync(progress.step):
             break
     bar.close()
     loss_mean, recon_mean, kl_mean = (sums / max(count, 1)).tolist()
-    return loss_mean, recon_mean, kl_mean, count
+    return EpochStats(loss_mean, recon_mean, kl_mean, count)

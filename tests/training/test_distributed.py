@@ -50,7 +50,7 @@ def test_a_world_of_one_leaves_everything_as_it_is(monkeypatch) -> None:
     assert torch.equal(ALONE.shard(order), order) and torch.equal(ALONE.stride(order), order)
     assert ALONE.local_batch(64) == 64 and ALONE.wrap(model) is model
     assert ALONE.mean(torch.tensor([1.0, 2.0])) == 1.5
-    assert ALONE.any_rank(True) and not ALONE.any_rank(False)
+    assert ALONE.from_main([1.0, 2.0]) == [1.0, 2.0] and ALONE.sum([3.0]) == [3.0]
     assert ALONE.main_only(print) is print
 
 

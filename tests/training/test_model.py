@@ -58,7 +58,7 @@ def test_the_iwae_bound_is_at_least_the_elbo(tiny_config: TrainConfig, synthetic
 
 
 def test_iwae_merges_groups_of_draws_exactly(tiny_config: TrainConfig, synthetic, monkeypatch):
-    monkeypatch.setattr("training.metrics.EVAL_ROWS", 4)  # one image, groups of 4 draws
+    monkeypatch.setattr("training.metrics.EVAL_PIXELS", 4 * 28 * 28)  # 1 image, groups of 4
     model = tiny_model(tiny_config)
     x = synthetic.images[:3]
     chunked = iwae_nll(model, x, samples=8, seed=5)

@@ -9,13 +9,14 @@ import pytest
 import torch
 
 from training.augment import shift_augment
+from training.budget import kl_warmup
 from training.checkpoint import BEST, LAST
 from training.config import TrainConfig
 from training.dataset import ImageSet, fingerprint, split
 from training.errors import CheckpointError, ConfigError
 from training.metrics import negative_elbo
 from training.model import VAE, LossWeights, ModelConfig
-from training.train import cosine_lr, kl_warmup, loss_terms, resolve_device, train
+from training.train import cosine_lr, loss_terms, resolve_device, train
 
 
 def run(config: TrainConfig, images: ImageSet, log=lambda line: None):
@@ -54,20 +55,20 @@ def test_free_bits_floor_each_dimensions_batch_averaged_kl(tiny_config, syntheti
     x = synthetic.images[:8]
     with torch.no_grad():
         torch.manual_seed(1)
-        loss, recon, kl = loss_terms(model, x, LossWeights(beta=2.0, free_bits=100.0), step=0)
+        loss, recon, kl = loss_terms(model, x, LossWeights(beta=2.0, free_bits=100.0), warmup=1.0)
         assert float(kl) < 4 * 100.0  # every dimension sits below the floor...
         assert torch.isclose(loss - recon, torch.tensor(2.0 * 4 * 100.0))  # ...so pays it
         torch.manual_seed(1)
-        loss, recon, kl = loss_terms(model, x, LossWeights(beta=2.0), step=0)
+        loss, recon, kl = loss_terms(model, x, LossWeights(beta=2.0), warmup=1.0)
         assert torch.isclose(loss, recon + 2.0 * kl)
 
 
 def test_kl_warmup_and_cosine_schedule() -> None:
     assert [kl_warmup(s, 4) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
     assert kl_warmup(0, 0) == 1.0
-    assert cosine_lr(0, 100, 1e-3) == pytest.approx(1e-3)
-    assert cosine_lr(50, 100, 1e-3) == pytest.approx(0.505e-3)
-    assert cosine_lr(100, 100, 1e-3) == pytest.approx(1e-5)
+    assert cosine_lr(0.0, 1e-3) == pytest.approx(1e-3)
+    assert cosine_lr(0.5, 1e-3) == pytest.approx(0.505e-3)
+    assert cosine_lr(1.0, 1e-3) == pytest.approx(1e-5)
 
 
 def test_shift_augment_moves_each_image_by_at_most_the_shift() -> None:
@@ -134,3 +135,15 @@ def test_device_auto_selection() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def test_resume_keeps_the_throughput_of_the_epochs_before_it(tiny_config, synthetic) -> None:
+    first = run(tiny_config, synthetic)
+    last = str(tiny_config.checkpoint_path / LAST)
+    again = run(dataclasses.replace(tiny_config, resume=last), synthetic)  # nothing left to do
+    assert again.epochs == 2 and again.images_trained == 0
+    assert first.images_per_second > 0
+    assert again.images_per_second == pytest.approx(first.images_per_second)
+    run(dataclasses.replace(tiny_config, epochs=3, resume=last), synthetic)
+    state = torch.load(tiny_config.checkpoint_path / LAST, weights_only=True)
+    assert state["images"] == 3 * 72 and state["train_seconds"] > 0  # 72: 96 less a quarter

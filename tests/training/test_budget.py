@@ -1,0 +1,99 @@
+"""--max-minutes: the schedules follow the clock, and a whole real run keeps to its budget."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from app.artifact import load_artifact
+from training.budget import EXPORT_RESERVE_S, SYNC_STEPS, Budget, Pace, kl_warmup
+
+
+class Clock:
+    """time.monotonic() for the budget module, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr("training.budget.time.monotonic", fake)
+    return fake
+
+
+def test_without_a_budget_the_schedules_run_by_steps(clock: Clock) -> None:
+    pace = Pace(total_steps=200, warmup_steps=40, budget=Budget(None))
+    clock.now += 1e6
+    assert not pace.sync(100) and not pace.due(SYNC_STEPS)
+    assert pace.fraction(50) == 0.25 and pace.fraction(400) == 1.0
+    assert [pace.kl_weight(s) for s in (0, 19, 39, 100)] == [
+        kl_warmup(s, 40) for s in (0, 19, 39, 100)
+    ]
+
+
+def test_the_training_deadline_leaves_the_evaluation_and_export_their_time(clock) -> None:
+    budget = Budget(minutes=10.0)
+    assert budget.training_deadline(None) == clock.now + 600 - 150 - EXPORT_RESERVE_S  # a quarter
+    assert budget.training_deadline(30.0) == clock.now + 600 - 30 - EXPORT_RESERVE_S
+    assert Budget(minutes=0.1).export_reserve() == pytest.approx(1.5)  # never beyond the share
+
+
+def test_under_a_budget_the_schedules_follow_the_clock(clock: Clock) -> None:
+    budget = Budget(minutes=1.0)
+    pace = Pace(total_steps=10_000, warmup_steps=1_000, budget=budget)
+    pace.set_eval_estimate(7.0)  # training may take 60 - 7 - 8 = 45 s
+    clock.now += 9.0
+    assert not pace.sync(50)
+    assert pace.fraction(50) == pytest.approx(0.2)  # a fifth of the time, 0.5% of the steps
+    clock.now += 9.0
+    assert not pace.sync(100)
+    assert pace.fraction(100) == pytest.approx(0.4)
+    assert pace.fraction(125) == pytest.approx(0.5)  # between syncs: extrapolated by steps
+    assert pace.kl_weight(100) == 1.0  # the warm-up is a tenth of the run, the run is at 0.4
+    clock.now += 27.0
+    assert pace.sync(150)  # 45 s: time to stop, and it stays decided
+    assert pace.sync(151) and pace.fraction(150) == 1.0
+
+
+def test_a_resumed_run_carries_on_from_its_fraction(clock: Clock) -> None:
+    pace = Pace(total_steps=1_000, warmup_steps=0, budget=Budget(None), start_fraction=0.6)
+    assert pace.fraction(100) == 0.6 and pace.fraction(700) == 0.7
+    timed = Pace(total_steps=1_000, warmup_steps=0, budget=Budget(1.0), start_fraction=0.6)
+    timed.set_eval_estimate(7.0)
+    clock.now += 22.5
+    timed.sync(150)
+    assert timed.fraction(150) == pytest.approx(0.6 + 0.4 * 0.5)
+
+
+def test_a_whole_run_ends_within_its_budget(tmp_path: Path, synthetic, tiny_flags) -> None:
+    """Many epochs and an IWAE far too large: training stops early, k is scaled down, and
+    the command (evaluation and export included) ends within --max-minutes."""
+    pixels = (synthetic.images[:, 0] * 255).round().to(torch.uint8).numpy()
+    np.savez(tmp_path / "bars.npz", images=pixels)
+    minutes = 0.3
+    command = [
+        sys.executable, "-m", "training", "--data", "bars.npz", *tiny_flags, "--threads", "1",
+        "--epochs", "100000", "--iwae-samples", "1000000", "--max-minutes", str(minutes),
+        "--checkpoint-dir", "runs", "--out", "model",
+    ]  # fmt: skip
+    started = time.monotonic()
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    seconds = time.monotonic() - started
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert seconds < 60 * minutes + 1.0  # + interpreter start and exit, outside the clock
+    assert "training stops after epoch" in done.stdout
+    assert "k=1000000 IWAE draws would take about" in done.stdout
+    _, meta = load_artifact(tmp_path / "model")
+    assert meta.metrics["epochs_trained"] > 1
+    assert 1 <= meta.metrics["iwae_samples"] < 1_000_000
