@@ -8,7 +8,9 @@ PORT ?= 8000
 WORKERS ?= 1
 DRAIN_S ?= 20
 
-.PHONY: run test lint format model anomaly-eval bench clean
+CHROMIUM ?= /usr/bin/chromium
+
+.PHONY: run test lint format model anomaly-eval bench screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,12 +26,23 @@ $(VENV)/.dev: $(VENV)/.runtime
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[train,dev]"
 	touch $@
 
+# The browser tests drive Debian's chromium (Playwright cannot download a browser here).
+# Installed once when missing, if apt-get may run; if it cannot, those tests skip and say why.
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then sudo=; elif sudo -n true 2>/dev/null; then sudo=sudo; \
+	else echo "no $@ and no root to install it: the browser tests will skip"; exit 0; fi; \
+	echo "installing chromium for the browser tests (apt-get)"; log=$$(mktemp); \
+	if ! { $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		$$sudo apt-get install -y -qq --no-install-recommends chromium; } >$$log 2>&1; then \
+		tail -n 3 $$log; echo "apt-get could not install chromium: the browser tests will skip"; fi; \
+	rm -f $$log
+
 # The same command the container runs; the app writes its own JSON access log.
 run: $(VENV)/.runtime
 	VAE_DRAIN_TIMEOUT_S=$(DRAIN_S) $(BIN)/uvicorn app.main:app --host $(HOST) --port $(PORT) \
 		--workers $(WORKERS) --timeout-graceful-shutdown $(DRAIN_S) --no-access-log
 
-test: $(VENV)/.dev
+test: $(VENV)/.dev | $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -56,6 +69,10 @@ anomaly-eval: $(VENV)/.dev
 
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench --update-doc
+
+# Every view of the page at desktop and phone width, into docs/ui (the README shows them).
+screenshots: $(VENV)/.dev | $(CHROMIUM)
+	UI_SCREENSHOTS=docs/ui $(BIN)/python -m pytest tests/app/test_ui_browser.py -q
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

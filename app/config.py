@@ -67,6 +67,7 @@ class Settings(BaseSettings):
         default=256, ge=2, le=65_536, description="largest steps for /interpolate"
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    ui: bool = Field(default=True, description="serve the web page at /ui; false turns it off")
     warmup_batch_sizes: Annotated[tuple[int, ...], NoDecode] = Field(
         default=(), description="batch sizes warmed up (and padded to); empty = powers of two"
     )

@@ -47,6 +47,7 @@ from app.openapi import body_models, error_responses, install_openapi
 from app.render import OrjsonResponse
 from app.runtime import ModelRuntime, StartupError, warm_up
 from app.security import ApiKeys, api_key_guard
+from app.ui import install_ui
 
 logger = logging.getLogger("vae.lifecycle")
 
@@ -76,6 +77,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     guard = api_key_guard(ApiKeys(settings.all_api_keys()))
     app.include_router(routes.api, dependencies=[Depends(guard)])
     app.include_router(probes.probes)
+    if settings.ui:
+        install_ui(app)
     _add_middleware(app, settings, metrics, lifecycle)
     install_openapi(app, body_models(routes.api))
     return app
