@@ -70,8 +70,11 @@ def _train(args: argparse.Namespace, started: float | None) -> None:
         f"training: {metrics['epochs_trained']:.0f} epochs, best {metrics['best_epoch']:.0f}, "
         f"{metrics['train_images_per_second']:.0f} img/s"
     )
+    bits = ""
+    if "val_nelbo_bits_per_dim" in metrics:
+        bits = f" ({metrics['val_nelbo_bits_per_dim']:.3f} bits/dim)"
     print(
-        f"validation: negative ELBO {metrics['val_nelbo']:.2f} nats/image, "
+        f"validation: negative ELBO {metrics['val_nelbo']:.2f} nats/image{bits}, "
         f"IWAE -log p(x) {metrics['val_iwae_nll']:.2f} (k={metrics['iwae_samples']:.0f})"
     )
     print(

@@ -69,6 +69,13 @@ def plan_evaluation(
     return plan, note
 
 
+def bits_per_dim(nats: float, dims: int) -> float:
+    """A continuous likelihood's nats per image as bits per 8-bit sub-pixel, the unit of
+    image models: inputs are uint8 / 255, so a density times the bin width 1/255 is each
+    value's probability, and -log2 P = nats / ln 2 + log2(255) per dimension."""
+    return nats / (dims * math.log(2)) + math.log2(255)
+
+
 def format_seconds(seconds: float) -> str:
     """12s, 3m05s, 2h10m: durations for people."""
     if not math.isfinite(seconds):

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from app.artifact import Calibration
 from training import distributed
 from training.budget import Budget
@@ -30,12 +32,14 @@ from training.export import build_metadata, export_artifact
 from training.metrics import (
     EvalPlan,
     LikelihoodSums,
+    bits_per_dim,
     format_seconds,
     likelihood_sums,
     metrics_from,
     plan_evaluation,
 )
 from training.model import VAE, ModelConfig
+from training.progress import ProgressMeter
 from training.train import Log, TrainResult, resolve_device, train
 
 METRICS_FILE = "metrics.json"
@@ -85,11 +89,15 @@ def run(config: TrainConfig, log: Log = _log_now, started: float | None = None) 
     """`python -m training`, within `--max-minutes` of `started` (default: now). Under
     torchrun every rank trains on its shards and evaluates its share of the validation
     images, then rank 0 calibrates and exports while the others wait and return None."""
-    budget = Budget(config.max_minutes, time.monotonic() if started is None else started)
+    now = time.monotonic()
+    started = now if started is None else started
+    budget = Budget(config.max_minutes, started, startup=now - started)
     world = distributed.current()
     with distributed.process_group(world, world.rank_device(resolve_device(config.device))):
         data = prepare_data(config)
         main_log = world.main_only(log)
+        for line in describe_run(config, data):
+            main_log(line)
         result = fit(config, data, main_log, world, budget)
         if world.size > 1:  # every rank, so that its shard shows
             log(
@@ -108,6 +116,33 @@ def run(config: TrainConfig, log: Log = _log_now, started: float | None = None) 
             )
         world.barrier()  # no rank exits before the artifact is written
     return fitted
+
+
+def describe_run(config: TrainConfig, data: PreparedData) -> list[str]:
+    """What the run found and where it writes: the data, its labels per class, the outputs."""
+    shape = data.train.images.shape
+    colour = "RGB" if shape[1] == 3 else "grayscale"
+    count = len(data.train) + len(data.val)
+    lines = [f"data: {config.data}, {count} images at {shape[2]}x{shape[3]} {colour}"]
+    is_folder = Path(config.data).is_dir()
+    if data.train.labels is None or data.val.labels is None:
+        lines.append(
+            "labels: none (a folder's images are labelled when each sits in an "
+            "integer-named subfolder, e.g. 3/a.png)"
+            if is_folder
+            else "labels: none"
+        )
+    else:
+        labels, counts = torch.cat([data.train.labels, data.val.labels]).unique(return_counts=True)
+        origin = "the subfolder names" if is_folder else "the data"
+        kept = "" if config.classes is None else " (kept by --classes)"
+        per_class = ", ".join(f"{int(v)}: {int(c)}" for v, c in zip(labels, counts, strict=True))
+        lines.append(f"labels from {origin}{kept}, images per class: {per_class}")
+    lines.append(
+        f"outputs: checkpoints and {METRICS_FILE} in {config.checkpoint_path}/, "
+        f"the artifact in {config.artifact_path}/"
+    )
+    return lines
 
 
 def fit(
@@ -146,7 +181,9 @@ def measure(
         f"evaluating: negative ELBO ({plan.elbo_samples} draws) and IWAE (k={plan.iwae_samples}) "
         f"on the {len(data.val)} validation images"
     )
-    sums = likelihood_sums(result.model, images, plan, config.seed)
+    meter = ProgressMeter(len(images), "evaluating", log, enabled=world.is_main)
+    sums = likelihood_sums(result.model, images, plan, config.seed, meter.update)
+    meter.close()
     total = world.sum([sums.nelbo, sums.iwae, float(sums.images)])
     sums = LikelihoodSums(total[0], total[1], int(total[2]))
     if sums.images < len(data.val):
@@ -154,7 +191,12 @@ def measure(
             f"evaluation: --max-minutes reached after {sums.images} of {len(data.val)} "
             "validation images; the metrics are over those"
         )
-    return metrics_from(sums, plan) | result.metrics() | {"train_images": float(len(data.train))}
+    metrics = metrics_from(sums, plan)
+    if config.likelihood == "gaussian":  # a density: also in the unit of image models
+        dims = math.prod(data.val.images.shape[1:])
+        for name in ("val_nelbo", "val_iwae_nll"):
+            metrics[f"{name}_bits_per_dim"] = bits_per_dim(metrics[name], dims)
+    return metrics | result.metrics() | {"train_images": float(len(data.train))}
 
 
 def export(

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from training import checkpoint
 from training.augment import shift_augment
@@ -29,8 +28,9 @@ from training.config import TrainConfig
 from training.dataset import ImageSet
 from training.distributed import ALONE, Log, World
 from training.errors import CheckpointError, ConfigError
-from training.metrics import ELBO_SAMPLES, negative_elbo
+from training.metrics import ELBO_SAMPLES, bits_per_dim, format_seconds, negative_elbo
 from training.model import VAE, LossWeights, ModelConfig
+from training.progress import ProgressMeter
 
 MIN_LR_FACTOR = 0.01  # the cosine schedule ends at 1% of --lr, not at zero
 
@@ -133,20 +133,28 @@ def train(
         warmup_steps=round(config.warmup_epochs * steps_per_epoch),
         free_bits=config.free_bits,
     )
-    pace = Pace(config.epochs * steps_per_epoch, weights.warmup_steps, budget, progress.pace, world)
-    trained, row_seconds = 0, math.nan
+    pace = Pace(
+        config.epochs * steps_per_epoch,
+        weights.warmup_steps,
+        budget,
+        start_fraction=progress.pace,
+        first_step=progress.step,
+        world=world,
+    )
+    trained, row_seconds, epoch_seconds = 0, math.nan, 0.0
+    dims = math.prod(train_set.images.shape[1:])
     for epoch in range(progress.epoch + 1, config.epochs + 1):
-        started = time.monotonic()
+        started, warmup = time.monotonic(), pace.kl_weight(progress.step)
         stats = _train_epoch(
-            replica, optimizer, images, config, weights, progress, pace, epoch, world
+            replica, optimizer, images, config, weights, progress, pace, epoch, world, log
         )
         seconds = time.monotonic() - started
         trained += stats.images
         progress.images += world.size * stats.images
         progress.train_seconds += seconds
-        started = time.monotonic()
+        validating = time.monotonic()
         nelbo = negative_elbo(model.eval(), val_images, seed=config.seed)
-        row_seconds = (time.monotonic() - started) / len(val_images)
+        row_seconds = (time.monotonic() - validating) / len(val_images)
         val = world.mean(nelbo)  # the same on every rank, so all agree on the best epoch
         progress.pace = pace.fraction(progress.step)
         improved = progress.record(epoch, val, model)
@@ -154,12 +162,19 @@ def train(
             checkpoint.save_last(run, model, optimizer, progress)
             if improved:
                 checkpoint.save_best(run, progress)
-        log(
-            f"epoch {epoch}/{config.epochs}  loss {stats.loss:.2f}  recon {stats.recon:.2f}  "
-            f"kl {stats.kl:.2f}  val nelbo {val:.2f}{' (best)' if improved else ''}  "
-            f"{world.size * stats.images / max(seconds, 1e-9):.0f} img/s"
-        )
+        epoch_seconds = time.monotonic() - started
         pace.set_eval_estimate(evaluation_seconds(config, len(val_images), row_seconds))
+        eta = min((config.epochs - epoch) * epoch_seconds, pace.seconds_left())
+        validation = f"val nelbo {val:.2f}"
+        if model_config.likelihood == "gaussian":
+            validation += f" ({bits_per_dim(val, dims):.3f} bits/dim)"
+        log(
+            f"epoch {epoch}/{config.epochs}  "
+            f"{describe_loss(stats, config, warmup)}  "
+            f"{validation}{' (best)' if improved else ''}  "
+            f"{world.size * stats.images / max(seconds, 1e-9):.0f} img/s  "
+            f"training eta {format_seconds(eta)}"
+        )
         if pace.sync(progress.step):
             log(
                 f"--max-minutes {config.max_minutes}: training stops after epoch {epoch}, "
@@ -180,6 +195,22 @@ def train(
     )
 
 
+def describe_loss(stats: EpochStats, config: TrainConfig, warmup: float) -> str:
+    """The epoch's loss as the sum it is, and why the KL's weight is not simply beta
+    while the warm-up (`warmup`: its factor when the epoch began) is on: the loss is
+    recon + beta * warm-up * KL (floored by free bits)."""
+    term = stats.loss - stats.recon  # the KL as the loss counted it
+    line = f"loss {stats.loss:.2f} = recon {stats.recon:.2f} + "
+    if config.free_bits > 0:
+        line += f"kl term {term:.2f} (kl {stats.kl:.2f}, free bits {config.free_bits:g}/dim)"
+    else:
+        weight = term / stats.kl if stats.kl > 0 else config.beta * warmup
+        line += f"{weight:.2f} x kl {stats.kl:.2f}"
+    if warmup < 1.0:
+        line += f" (KL warm-up: the weight rises to beta={config.beta:g})"
+    return line
+
+
 def evaluation_seconds(config: TrainConfig, images: int, row_seconds: float) -> float:
     """What the evaluation of `images` (this rank's share) should take at `row_seconds`
     per decoder row: the metrics' draws, and the calibration's scores on rank 0."""
@@ -197,6 +228,7 @@ def _train_epoch(
     pace: Pace,
     epoch: int,
     world: World,
+    log: Log,
 ) -> EpochStats:
     """One pass over the shuffled training images (under torchrun, over this rank's shard),
     cut short when the pace says the time is up."""
@@ -206,14 +238,7 @@ def _train_epoch(
     order = world.shard(torch.randperm(len(images), device=images.device))
     batches = order.split(world.local_batch(config.batch_size))
     world.seed_rank(config.seed * 1_000_003 + epoch)  # one shuffle for all, noise per rank
-    # counted in images, so tqdm's own rate reads img/s; disable=None: quiet without a terminal
-    bar = tqdm(
-        total=len(order),
-        desc=f"epoch {epoch}",
-        unit="img",
-        leave=False,
-        disable=None if world.is_main else True,
-    )
+    meter = ProgressMeter(len(order), f"epoch {epoch}", log, enabled=world.is_main)
     for index in batches:
         x = shift_augment(images[index], config.augment_shift)  # (B, C, H, W)
         for group in optimizer.param_groups:
@@ -225,12 +250,12 @@ def _train_epoch(
         progress.step += 1
         sums += torch.stack([loss, recon, kl]).detach() * len(x)
         count += len(x)
-        bar.update(len(x))
-        if progress.step % 20 == 0:  # .tolist() waits for the GPU; not every step
+        meter.update(len(x))
+        if meter.terminal and progress.step % 20 == 0:  # .tolist() waits for the GPU
             mean = (sums / count).tolist()
-            bar.set_postfix(loss=f"{mean[0]:.1f}", recon=f"{mean[1]:.1f}", kl=f"{mean[2]:.1f}")
+            meter.show(loss=f"{mean[0]:.1f}", recon=f"{mean[1]:.1f}", kl=f"{mean[2]:.1f}")
         if pace.due(progress.step) and pace.sync(progress.step):
             break
-    bar.close()
+    meter.close()
     loss_mean, recon_mean, kl_mean = (sums / max(count, 1)).tolist()
     return EpochStats(loss_mean, recon_mean, kl_mean, count)

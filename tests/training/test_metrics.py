@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import time
@@ -11,6 +12,7 @@ import torch
 
 from training.metrics import (
     EvalPlan,
+    bits_per_dim,
     chunk_rows,
     format_seconds,
     iwae_nll,
@@ -80,3 +82,8 @@ def test_the_evaluation_stops_at_its_deadline(tiny_config, synthetic) -> None:
 
 def test_durations_read_like_durations() -> None:
     assert [format_seconds(s) for s in (0.4, 59, 65, 3725)] == ["0s", "59s", "1m05s", "1h02m"]
+
+
+def test_bits_per_dim_counts_a_density_over_8_bit_values() -> None:
+    assert bits_per_dim(0.0, 784) == pytest.approx(7.994, abs=1e-3)  # uniform on [0, 1]
+    assert bits_per_dim(-784 * math.log(2), 784) == pytest.approx(6.994, abs=1e-3)

@@ -16,7 +16,7 @@ from training.dataset import ImageSet, fingerprint, split
 from training.errors import CheckpointError, ConfigError
 from training.metrics import negative_elbo
 from training.model import VAE, LossWeights, ModelConfig
-from training.train import cosine_lr, loss_terms, resolve_device, train
+from training.train import EpochStats, cosine_lr, describe_loss, loss_terms, resolve_device, train
 
 
 def run(config: TrainConfig, images: ImageSet, log=lambda line: None):
@@ -147,3 +147,15 @@ def test_resume_keeps_the_throughput_of_the_epochs_before_it(tiny_config, synthe
     run(dataclasses.replace(tiny_config, epochs=3, resume=last), synthetic)
     state = torch.load(tiny_config.checkpoint_path / LAST, weights_only=True)
     assert state["images"] == 3 * 72 and state["train_seconds"] > 0  # 72: 96 less a quarter
+
+
+def test_the_progress_line_shows_the_loss_as_its_sum(tiny_config) -> None:
+    stats = EpochStats(loss=110.0, recon=100.0, kl=20.0, images=64)
+    assert (
+        describe_loss(stats, tiny_config, warmup=1.0)
+        == "loss 110.00 = recon 100.00 + 0.50 x kl 20.00"
+    )
+    during = describe_loss(stats, dataclasses.replace(tiny_config, beta=2.0), warmup=0.25)
+    assert during.endswith("(KL warm-up: the weight rises to beta=2)")
+    floored = describe_loss(stats, dataclasses.replace(tiny_config, free_bits=0.5), warmup=1.0)
+    assert "kl term 10.00 (kl 20.00, free bits 0.5/dim)" in floored
