@@ -106,5 +106,5 @@ def test_a_whole_run_ends_within_its_budget(tmp_path: Path, synthetic, tiny_flag
     assert "training stops after epoch" in done.stdout
     assert "k=1000000 IWAE draws would take about" in done.stdout
     _, meta = load_artifact(tmp_path / "model")
-    assert meta.metrics["epochs_trained"] > 1
+    assert meta.metrics["epochs_trained"] >= 1
     assert 1 <= meta.metrics["iwae_samples"] < 1_000_000
