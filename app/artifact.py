@@ -42,7 +42,8 @@ class ArtifactError(Exception):
 
 
 class Preprocessing(BaseModel):
-    """How a caller's image becomes the model's input tensor."""
+    """How a caller's image becomes the model's input tensor; `app.preprocessing` applies
+    it, for training and serving alike."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -7,12 +7,10 @@ Input policy (every step taken is reported per image in the response's `conversi
   image contributes its first frame.
 - Size: the header's width x height is checked against `VAE_MAX_PIXELS` before any
   pixel is decoded (413 `image_too_large`): a decompression bomb never expands.
-- Mode: converted to the model's (`L` or `RGB`). Transparent pixels are composited
-  onto black, the background of MNIST-style data (0 = no ink); 16-bit greyscale is
-  scaled to 8 bits. 32-bit integer and float modes have no agreed scale and are refused
-  (422 `unsupported_mode`).
-- Size: resized to the model's height x width with bilinear filtering (Pillow's, which
-  antialiases when shrinking), as `Preprocessing.resize` says; aspect ratio is not kept.
+- Pixels: `app.preprocessing`, the very function training reads its images with:
+  EXIF orientation applied, mode converted to the model's (`L` or `RGB`; transparency
+  composited on black, 16-bit scaled to 8), bilinear resize to the model's width x
+  height. 32-bit integer and float modes are refused (422 `unsupported_mode`).
 - Values: uint8 x `Preprocessing.scale`, clamped to `Preprocessing.pixel_range`.
 
 Output: model images become 8-bit PNG (compress level 1: encoding speed over bytes);
@@ -41,11 +39,9 @@ from app.errors import (
     RequestTimeoutError,
     UnsupportedModeError,
 )
+from app.preprocessing import SUPPORTED_MODES, to_pixels, to_tensor
 
 FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
-_ALPHA_MODES = {"LA", "La", "PA", "RGBA", "RGBa"}
-_SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N"}
-_SUPPORTED_MODES = {"1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", *_ALPHA_MODES, *_SIXTEEN_BIT}
 PNG_COMPRESS_LEVEL = 1
 
 
@@ -83,14 +79,13 @@ def load_images(
         array, notes = load_image(data, metadata, max_pixels=max_pixels, where=where)
         arrays.append(array)
         conversions.append(notes)
-    return DecodedImages(_to_tensor(np.stack(arrays), metadata), conversions)
+    return DecodedImages(to_tensor(np.stack(arrays), metadata.preprocessing), conversions)
 
 
 def load_image(
     data: bytes, metadata: ModelMetadata, *, max_pixels: int, where: str
 ) -> tuple[np.ndarray, list[str]]:
     """One upload -> uint8 array (H, W) or (H, W, C) at the model's size, and its notes."""
-    target = metadata.preprocessing.color_mode
     try:
         image = Image.open(io.BytesIO(data), formats=FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -102,51 +97,16 @@ def load_image(
             raise ImageTooLargeError(
                 f"{where}: {image.width}x{image.height} is more than {max_pixels} pixels"
             )
-        if image.mode not in _SUPPORTED_MODES:
+        if image.mode not in SUPPORTED_MODES:
             raise UnsupportedModeError(
                 f"{where}: mode {image.mode} is not supported; send 8-bit greyscale or RGB(A)"
             )
         try:  # Pillow's decoders raise many types on hostile input: all mean a bad image
             image.load()
-            converted, notes = _to_mode(image, target)
-            resized, resize_note = _resize(converted, (metadata.width, metadata.height))
-            array = np.array(resized, dtype=np.uint8)
+            size = (metadata.width, metadata.height)
+            return to_pixels(image, metadata.preprocessing.color_mode, size)
         except Exception:
             raise InvalidImageError(f"{where}: the image data is corrupt or truncated") from None
-    return array, notes + resize_note
-
-
-def _to_mode(image: Image.Image, target: str) -> tuple[Image.Image, list[str]]:
-    notes: list[str] = []
-    source = image.mode
-    if getattr(image, "is_animated", False):
-        notes.append("used the first frame")
-    if source == target:
-        return image, notes
-    if source in _SIXTEEN_BIT:
-        image = Image.fromarray((np.array(image, dtype=np.uint16) >> 8).astype(np.uint8), "L")
-    elif source in _ALPHA_MODES or (source == "P" and "transparency" in image.info):
-        black = Image.new("RGBA", image.size, (0, 0, 0, 255))
-        image = Image.alpha_composite(black, image.convert("RGBA"))
-        notes.append("alpha composited on black")
-    notes.append(f"mode {source}->{target}")
-    return image.convert(target), notes
-
-
-def _resize(image: Image.Image, size: tuple[int, int]) -> tuple[Image.Image, list[str]]:
-    if image.size == size:
-        return image, []
-    note = f"resized {image.width}x{image.height}->{size[0]}x{size[1]}"
-    return image.resize(size, Image.Resampling.BILINEAR), [note]
-
-
-def _to_tensor(batch: np.ndarray, metadata: ModelMetadata) -> torch.Tensor:
-    """uint8 (N, H, W) or (N, H, W, C) -> float32 (N, C, H, W) in the model's range."""
-    tensor = torch.from_numpy(batch)
-    tensor = tensor.unsqueeze(1) if tensor.dim() == 3 else tensor.permute(0, 3, 1, 2)
-    low, high = metadata.preprocessing.pixel_range
-    scaled = tensor.to(torch.float32) * metadata.preprocessing.scale
-    return scaled.clamp_(low, high).contiguous()
 
 
 def _png(pixels: np.ndarray) -> str:

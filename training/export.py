@@ -19,10 +19,10 @@ from app.artifact import (
     ArtifactError,
     Calibration,
     ModelMetadata,
-    Preprocessing,
     load_artifact,
     save_artifact,
 )
+from app.preprocessing import preprocessing_for
 from training import verify
 from training.config import TrainConfig
 from training.errors import ExportError
@@ -48,7 +48,7 @@ def build_metadata(
         latent_dim=model_config.latent_dim,
         likelihood=model_config.likelihood,
         architecture=model_config.architecture,
-        preprocessing=_preprocessing(model_config.channels),
+        preprocessing=preprocessing_for(model_config.channels),
         calibration=calibration,
         metrics=metrics,
         training={
@@ -83,13 +83,3 @@ def export_artifact(
     if isolated_check:
         verify.check_isolated(directory)
     return directory
-
-
-def _preprocessing(channels: int) -> Preprocessing:
-    """What `training.data` did to every image: Pillow mode, bilinear resize, uint8 / 255."""
-    return Preprocessing(
-        color_mode="L" if channels == 1 else "RGB",
-        resize="bilinear",
-        pixel_range=(0.0, 1.0),
-        scale=1.0 / 255.0,
-    )

