@@ -9,7 +9,9 @@ An artifact is a folder holding exactly two files::
         iwae(x: [N, C, H, W], samples: int) -> [N]       importance-weighted bound on -log p(x)
         score(x: [N, C, H, W]) -> [N]                    anomaly score, nats, deterministic
         pixel_nll(x: [N, C, H, W]) -> [N, C, H, W]       -log p(x|z=mu) per pixel (heat map)
-    model.json   `ModelMetadata` below, as JSON
+    model.json   `ModelMetadata` below, as JSON; written last, by rename, with the
+                 sha256 of model.pt, so a reader never mistakes a half-copied folder
+                 for an artifact (`app.layout`)
 
 `score` is the exact function the calibration quantiles were computed with, so a
 served score is comparable with `metadata.calibration`. Its noise is frozen inside
@@ -23,6 +25,7 @@ the new one; `load_artifact` refuses any other version.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from datetime import UTC, datetime
 from pathlib import Path
@@ -101,6 +104,9 @@ class ModelMetadata(BaseModel):
     data_fingerprint: str = Field(description="sha256 of the training images and labels")
     torch_version: str
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    model_sha256: str | None = Field(
+        default=None, description="sha256 of model.pt, written by save_artifact; checked on load"
+    )
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -117,7 +123,10 @@ def save_artifact(module: torch.nn.Module, metadata: ModelMetadata, directory: P
     if missing:
         raise ArtifactError(f"module lacks the artifact methods {missing}")
     scripted.save(str(directory / MODEL_FILE))
-    (directory / METADATA_FILE).write_text(metadata.model_dump_json(indent=2) + "\n")
+    metadata = metadata.model_copy(update={"model_sha256": file_sha256(directory / MODEL_FILE)})
+    partial = directory / f".{METADATA_FILE}.partial"
+    partial.write_text(metadata.model_dump_json(indent=2) + "\n")
+    partial.replace(directory / METADATA_FILE)
     return directory
 
 
@@ -150,6 +159,8 @@ def load_artifact(
     path = directory / MODEL_FILE
     if not path.is_file():
         raise ArtifactError(f"no {MODEL_FILE} in {directory}")
+    if metadata.model_sha256 is not None and file_sha256(path) != metadata.model_sha256:
+        raise ArtifactError(f"{path}: does not match model_sha256 in {METADATA_FILE}")
     try:
         module = torch.jit.load(str(path), map_location=device)
     except Exception as exc:  # TorchScript raises RuntimeError and friends for corrupt files
@@ -159,3 +170,11 @@ def load_artifact(
     if missing:
         raise ArtifactError(f"{path}: lacks the artifact methods {missing}")
     return module.eval(), metadata
+
+
+def file_sha256(path: Path) -> str:
+    """The hex sha256 of a file, as `model_sha256` states it."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise ArtifactError(f"{path}: unreadable: {exc}") from None

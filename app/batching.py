@@ -80,7 +80,8 @@ class BatchStats:
     queue_wait_s: tuple[float, ...]  # per request: from submit to this batch's dispatch
     model_s: float  # time in the worker: concatenation, run(), checks and split
     error: BaseException | None
-    lane: str = ""
+    model: str = ""  # the lane's
+    version: str = ""
 
 
 @dataclass(frozen=True)
@@ -102,8 +103,10 @@ class _Computed:
 class Lane:
     """One model's way into the shared worker: its `run`, its queue, its callers."""
 
-    def __init__(self, batcher: Batcher, run: RunFn, plan: PlanFn | None, name: str) -> None:
-        self.name = name
+    def __init__(
+        self, batcher: Batcher, run: RunFn, plan: PlanFn | None, model: str, version: str
+    ) -> None:
+        self.model, self.version = model, version  # labels for metrics
         self.run = run
         self.queue = RowQueue(plan, gap_cap_s=2 * batcher.max_wait_s)
         self.closed = False
@@ -176,9 +179,11 @@ class Batcher:
         self._idle = asyncio.Event()  # nothing live in any lane and the worker is free
         self._idle.set()
 
-    def lane(self, run: RunFn, *, plan: PlanFn | None = None, name: str = "") -> Lane:
+    def lane(
+        self, run: RunFn, *, plan: PlanFn | None = None, model: str = "", version: str = ""
+    ) -> Lane:
         """A new lane for a model whose batched call is `run`."""
-        lane = Lane(self, run, plan, name)
+        lane = Lane(self, run, plan, model, version)
         self._lanes.append(lane)
         return lane
 
@@ -375,7 +380,15 @@ class Batcher:
         self._deliver(lane, pieces, computed, batch_id)
         rows = sum(piece.size for piece in pieces)
         stats = BatchStats(
-            batch_id, op, rows, len(pieces), waits, computed.model_s, computed.error, lane.name
+            batch_id,
+            op,
+            rows,
+            len(pieces),
+            waits,
+            computed.model_s,
+            computed.error,
+            lane.model,
+            lane.version,
         )
         if self._on_batch is not None:
             try:

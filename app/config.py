@@ -14,9 +14,11 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.buckets import Buckets
+from app.layout import NAME, VersionPolicy
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL_DIR = REPO_ROOT / "models" / "mnist"
+DEFAULT_REPOSITORY = REPO_ROOT / "models"
+DEFAULT_MODEL_DIR = DEFAULT_REPOSITORY / "mnist"  # the shipped model
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 CommaList = Annotated[tuple[str, ...], NoDecode]  # "a,b,c" in the environment, not JSON
@@ -27,8 +29,23 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="VAE_", frozen=True, protected_namespaces=())
 
-    model_dir: Path = Field(
-        default=DEFAULT_MODEL_DIR, description="artifact folder (model.pt, model.json)"
+    model_repository: Path = Field(
+        default=DEFAULT_REPOSITORY,
+        description="folder of models: <name>/<version>/{model.pt,model.json}",
+    )
+    model_dir: Path | None = Field(
+        default=None, description="one artifact folder, served alone instead of the repository"
+    )
+    models: CommaList = Field(default=(), description="comma-separated models to load; empty = all")
+    default_model: str = Field(default="mnist", description="what the top-level routes serve")
+    version_policy: str = Field(
+        default="latest", description="latest | latest:N | all | specific:V1,V2,..."
+    )
+    poll_s: float = Field(
+        default=0.0, ge=0.0, le=86_400.0, description="seconds between repository scans; 0 = off"
+    )
+    admin_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
+        default=(), description="comma-separated admin keys; empty = management routes off"
     )
     device: str = Field(
         default="auto", description="auto | cpu | cuda | cuda:N; auto = cuda when present"
@@ -79,7 +96,20 @@ class Settings(BaseSettings):
             raise ValueError("must be auto, cpu, cuda or cuda:N")
         return value
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    @field_validator("version_policy")
+    @classmethod
+    def _known_policy(cls, value: str) -> str:
+        VersionPolicy.parse(value)
+        return value
+
+    @field_validator("default_model")
+    @classmethod
+    def _model_name(cls, value: str) -> str:
+        if not NAME.fullmatch(value):
+            raise ValueError("a model name is letters, digits, _ and -")
+        return value
+
+    @field_validator("api_keys", "admin_keys", "cors_origins", "models", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -112,6 +142,13 @@ class Settings(BaseSettings):
     def buckets(self) -> Buckets:
         """The batch sizes the model is warmed up at; every batch is padded up to one of them."""
         return Buckets.up_to(self.max_batch_size, self.warmup_batch_sizes)
+
+    @property
+    def policy(self) -> VersionPolicy:
+        return VersionPolicy.parse(self.version_policy)
+
+    def all_admin_keys(self) -> tuple[str, ...]:
+        return tuple(key.get_secret_value() for key in self.admin_keys)
 
     def all_api_keys(self) -> tuple[str, ...]:
         """Keys from `VAE_API_KEYS` and `VAE_API_KEYS_FILE` together."""

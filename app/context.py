@@ -16,6 +16,8 @@ class RequestContext:
     deadline: float  # time.monotonic() by which the answer is due
     items: int = 0  # images, latents or samples this request asked for
     batch_ids: list[int] = field(default_factory=list)  # the model batches it ran in
+    model: str = ""  # the model and version that served it, if any
+    version: str = ""
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()

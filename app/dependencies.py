@@ -1,8 +1,9 @@
-"""What routes get from the lifespan: one typed `Services` object, and the request context.
+"""What routes get from the lifespan: one typed `Services` object.
 
 The lifespan yields `{"services": Services(...)}`; Starlette hands that state to every
 request, and `services_of` is the one place that reads it. `ServicesDep` is its route
-dependency, and `CallDep` is all a model route needs, in one dependency.
+dependency (a model route's only one: see docs/benchmarks.md); `Call` is what a model
+verb's handler is given once its model version is resolved.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from app.context import RequestContext
 from app.inference import Inference
 from app.lifecycle import Lifecycle
 from app.metrics import Metrics
-from app.runtime import ModelRuntime
+from app.repository import ModelRepository
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,8 +28,7 @@ class Services:
     settings: Settings
     metrics: Metrics
     lifecycle: Lifecycle
-    runtime: ModelRuntime
-    model: Inference
+    models: ModelRepository
 
 
 def services_of(request: Request) -> Services:
@@ -47,18 +47,8 @@ ServicesDep = Annotated[Services, Depends(_services)]
 
 @dataclass(frozen=True, slots=True)
 class Call:
-    """What a model route uses, as one dependency rather than three: FastAPI solves each
-    dependency with its own recursive `solve_dependencies` (parameters, cookies, cache
-    key), ~11% of the event loop with three (see docs/benchmarks.md)."""
+    """What a model verb uses: the resolved version's verbs, the settings, the context."""
 
     model: Inference
     settings: Settings
     context: RequestContext
-
-
-async def _call_of(request: Request) -> Call:
-    services = services_of(request)
-    return Call(services.model, services.settings, request.state.context)
-
-
-CallDep = Annotated[Call, Depends(_call_of)]

@@ -17,10 +17,14 @@ The body is always `{"error": {"code": "...", "message": "...", "request_id": ".
     │   ├── TooManyImagesError      413 too_many_images
     │   └── ImageTooLargeError      413 image_too_large    pixels (decompression bombs)
     ├── UnauthorizedError           401 unauthorized
+    ├── NotFoundError               404 not_found
+    │   └── UnknownModelError       404 model_not_found    no such model or version
+    ├── ModelLoadError              409 load_failed        an admin's load did not come up
     ├── MediaTypeError              415 unsupported_media_type
     ├── UnavailableError            503 unavailable        (all 503s carry Retry-After)
     │   ├── OverloadedError         503 queue_full
     │   ├── NotReadyError           503 not_ready
+    │   ├── ModelUnavailableError   503 model_unavailable  known, but no version is ready
     │   └── ShuttingDownError       503 shutting_down
     ├── RequestTimeoutError         504 timeout
     └── NonFiniteResultError        500 non_finite_output  the model produced NaN or inf
@@ -105,6 +109,18 @@ class UnauthorizedError(ServiceError):
         super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
 
 
+class NotFoundError(ServiceError):
+    status_code, code = 404, "not_found"
+
+
+class UnknownModelError(NotFoundError):
+    code = "model_not_found"
+
+
+class ModelLoadError(ServiceError):
+    status_code, code = 409, "load_failed"
+
+
 class MediaTypeError(ServiceError):
     status_code, code = 415, "unsupported_media_type"
 
@@ -123,6 +139,10 @@ class OverloadedError(UnavailableError):
 
 class NotReadyError(UnavailableError):
     code = "not_ready"
+
+
+class ModelUnavailableError(UnavailableError):
+    code = "model_unavailable"
 
 
 class ShuttingDownError(UnavailableError):

@@ -3,8 +3,10 @@
 `create_app(settings)` only wires things together; nothing is loaded at import. The
 lifespan owns every long-lived object, in this order:
 
-    start: load the artifact -> start the batcher -> warm up every op and bucket -> ready
-    stop:  not ready (new work: 503) -> close the batcher -> drain within VAE_DRAIN_TIMEOUT_S
+    start: start the batcher -> load the repository's models (each warmed up at every op
+           and bucket; the default model must come up) -> poll, if asked -> ready
+    stop:  not ready (new work: 503) -> stop polling -> close the batcher -> drain within
+           VAE_DRAIN_TIMEOUT_S
 
 uvicorn stops accepting connections on SIGTERM and waits for in-flight requests before
 the lifespan stops; run it with `--timeout-graceful-shutdown` close to
@@ -14,26 +16,25 @@ the lifespan stops; run it with `--timeout-graceful-shutdown` close to
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
-from anyio import to_thread
 from fastapi import Depends, FastAPI
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 
-from app import probes, routes
+from app import management, probes, routes
 from app.batching import Batcher
 from app.config import Settings, describe_error
 from app.dependencies import Services
 from app.errors import handle_error
-from app.images import warm_up_codecs
-from app.inference import Inference
 from app.lifecycle import Lifecycle, StartupFailureReporter, drain_on_signals
 from app.logs import configure_logging
 from app.metrics import Metrics
@@ -45,7 +46,8 @@ from app.middleware import (
 )
 from app.openapi import body_models, error_responses, install_openapi
 from app.render import OrjsonResponse
-from app.runtime import ModelRuntime, StartupError, warm_up
+from app.repository import ModelRepository
+from app.runtime import StartupError
 from app.security import ApiKeys, api_key_guard
 from app.ui import install_ui
 
@@ -76,6 +78,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_exception_handler(error, handle_error)
     guard = api_key_guard(ApiKeys(settings.all_api_keys()))
     app.include_router(routes.api, dependencies=[Depends(guard)])
+    app.include_router(management.listing, dependencies=[Depends(guard)])
+    if settings.admin_keys:  # no admin key: the management routes do not exist
+        admin_guard = api_key_guard(ApiKeys(settings.all_admin_keys()), role="admin")
+        app.include_router(management.admin, dependencies=[Depends(admin_guard)])
     app.include_router(probes.probes)
     if settings.ui:
         install_ui(app)
@@ -131,7 +137,6 @@ def _lifespan(
 async def _serving(
     settings: Settings, metrics: Metrics, lifecycle: Lifecycle
 ) -> AsyncIterator[State]:
-    runtime = await to_thread.run_sync(ModelRuntime.load, settings.model_dir, settings)
     batcher = Batcher(
         max_batch_size=settings.max_batch_size,
         max_wait_ms=settings.max_wait_ms,
@@ -139,35 +144,34 @@ async def _serving(
         on_batch=metrics.observe_batch,
     )
     async with batcher:
-        lane = batcher.lane(runtime.run, plan=runtime.plan, name=runtime.metadata.name)
-        seconds = await warm_up(lane.submit, runtime)
-        await to_thread.run_sync(warm_up_codecs, runtime.metadata)
+        models = ModelRepository(settings, batcher, metrics)
+        started = time.perf_counter()
+        await models.start()
         metrics.track_queue(lambda: batcher.queued_rows, lambda: batcher.in_flight_requests)
         metrics.ready.set_function(lambda: float(lifecycle.ready))
         # Everything loaded so far (torch, the model, FastAPI's routes: ~200k objects) lives
         # as long as the process; a full collection walked it all (~45 ms on the trivial
-        # model, p99 spikes). Frozen, the collector only walks what requests create:
-        # /encode x1 at concurrency 64 on the trivial model ~1,810 -> ~2,140 req/s and
-        # p99 ~95 -> ~35 ms (median of 3 alternating runs).
+        # model, p99 spikes). Frozen, the collector only walks what requests create
+        # (docs/benchmarks.md). A model unloaded later is still freed: freezing only
+        # exempts objects from the cycle collector, not from reference counting.
         gc.collect()
         gc.freeze()
         lifecycle.mark_ready()
-        logger.info(
-            "ready",
-            extra={
-                "fields": {
-                    "warmup_s": round(seconds, 3),
-                    "batch_sizes": list(runtime.buckets.sizes),
-                }
-            },
-        )
-        services = Services(
-            settings, metrics, lifecycle, runtime, Inference(lane, runtime.metadata, metrics)
-        )
+        fields = {
+            "startup_s": round(time.perf_counter() - started, 3),
+            "models": [f"{e.name}:{e.version}" for e in models.entries() if e.state == "ready"],
+            "batch_sizes": list(settings.buckets.sizes),
+        }
+        logger.info("ready", extra={"fields": fields})
+        services = Services(settings, metrics, lifecycle, models)
+        poller = asyncio.create_task(models.poll(settings.poll_s)) if settings.poll_s else None
         try:
             with drain_on_signals(lifecycle):
                 yield {"services": services}
         finally:
+            if poller is not None:
+                poller.cancel()
+                await asyncio.gather(poller, return_exceptions=True)
             await _drain(batcher, lifecycle, settings.drain_timeout_s)
 
 

@@ -119,7 +119,7 @@ class RequestContextMiddleware:
 
     def _record(self, scope: Scope, context: RequestContext, status: int, seconds: float) -> None:
         endpoint = _endpoint(scope)
-        self.metrics.observe_request(endpoint, status, seconds)
+        self.metrics.observe_request(endpoint, status, seconds, context.model, context.version)
         fields = {
             "request_id": context.request_id,
             "method": scope["method"],
@@ -129,6 +129,8 @@ class RequestContextMiddleware:
             "items": context.items,
             "batch_ids": context.batch_ids,
         }
+        if context.model:
+            fields["model"], fields["version"] = context.model, context.version
         access_log.info("request", extra={"fields": fields})
 
 

@@ -1,9 +1,11 @@
-"""The HTTP surface. Each route parses, runs the model through the batcher, renders.
+"""The model verbs. Each route parses, runs the model through the batcher, renders.
 
-`api` holds the five verbs and /model, behind the API-key guard when keys are set
-(the probes, which never need a key, are in `app.probes`). A verb is declared once
-with `@verb(path, body format, response model)`: the format reads the body before the
-handler runs and documents it (`app.payloads`).
+`api` holds the five verbs, behind the API-key guard when keys are set. A verb is
+declared once, with `@verb(path, body format, response model)`, and served at three
+addresses: `/{verb}` (the default model), `/models/{name}/{verb}` (its newest ready
+version) and `/models/{name}/versions/{version}/{verb}`. The request holds the version
+it resolved to until it is answered (`app.repository`); the body format reads the body
+before the handler runs and documents it (`app.payloads`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pydantic import BaseModel
 
 from app.config import Settings
 from app.context import RequestContext
-from app.dependencies import Call, CallDep, ServicesDep
+from app.dependencies import Call, ServicesDep
 from app.errors import (
     LatentSizeError,
     OutOfRangeError,
@@ -40,12 +42,9 @@ from app.schemas import (
     EncodeForm,
     EncodeRequest,
     EncodeResponse,
-    ImageShape,
     InterpolateForm,
     InterpolateRequest,
     InterpolateResponse,
-    Limits,
-    ModelInfo,
     SampleRequest,
     SampleResponse,
 )
@@ -64,25 +63,57 @@ INLINE_DECODE_BYTES = 16 * 1024
 INLINE_ENCODE_PIXELS = 4 * 28 * 28
 
 
+NAME_PARAMETER = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "description": "a model of the repository (GET /models)",
+    "schema": {"type": "string"},
+}
+VERSION_PARAMETER = {
+    "name": "version",
+    "in": "path",
+    "required": True,
+    "description": "one of the model's versions",
+    "schema": {"type": "integer", "minimum": 1},
+}
+ADDRESSES: tuple[tuple[str, list[dict[str, Any]]], ...] = (
+    ("", []),
+    ("/models/{name}", [NAME_PARAMETER]),
+    ("/models/{name}/versions/{version:int}", [NAME_PARAMETER, VERSION_PARAMETER]),
+)
+
+
 def verb(
     path: str, body: BodyFormat[B], response_model: type[BaseModel]
 ) -> Callable[[Handler[B]], Handler[B]]:
-    """Declare a model verb: POST `path`, its body read by `body`, answered as documented."""
+    """Declare a model verb: POST `path` at every address, its body read by `body`."""
 
     def register(handler: Handler[B]) -> Handler[B]:
-        async def endpoint(request: Request, call: CallDep) -> Response:
-            return await handler(call, await body.read(request, call.settings))
+        async def endpoint(request: Request, services: ServicesDep) -> Response:
+            params = request.path_params
+            served = services.models.resolve(params.get("name"), params.get("version"))
+            context: RequestContext = request.state.context
+            context.model, context.version = served.name, str(served.version)
+            call = Call(served.acquire(), services.settings, context)
+            try:
+                return await handler(call, await body.read(request, services.settings))
+            finally:
+                served.release()
 
         endpoint.body_models = body.models  # type: ignore[attr-defined]  # for app.openapi
-        api.add_api_route(
-            path,
-            endpoint,
-            methods=["POST"],
-            name=handler.__name__,
-            description=handler.__doc__,
-            response_model=response_model,
-            openapi_extra=body.openapi,
-        )
+        for prefix, parameters in ADDRESSES:
+            openapi = body.openapi
+            api.add_api_route(
+                prefix + path,
+                endpoint,
+                methods=["POST"],
+                name=handler.__name__,
+                description=handler.__doc__,
+                response_model=response_model,
+                responses=error_responses(404) if parameters else None,
+                openapi_extra={**openapi, "parameters": parameters} if parameters else openapi,
+            )
         return handler
 
     return register
@@ -245,39 +276,3 @@ async def anomaly(call: Call, body: ImageBody[AnomalyRequest | AnomalyForm]) -> 
         for score, heatmap, notes in zip(scores.tolist(), heatmaps, images.conversions, strict=True)
     ]
     return OrjsonResponse({"results": results})
-
-
-@api.get("/model", response_model=ModelInfo)
-async def model_info(services: ServicesDep) -> Response:
-    """What a client needs: shapes, latent size, likelihood, calibration, metrics, limits."""
-    runtime, settings = services.runtime, services.settings
-    meta = runtime.metadata
-    info = ModelInfo(
-        **meta.model_dump(
-            include={
-                "name",
-                "format_version",
-                "architecture",
-                "likelihood",
-                "latent_dim",
-                "preprocessing",
-                "calibration",
-                "metrics",
-                "training",
-                "data_fingerprint",
-                "torch_version",
-                "created_at",
-            }
-        ),
-        image=ImageShape(channels=meta.channels, height=meta.height, width=meta.width),
-        device=str(runtime.device),
-        limits=Limits(
-            max_images=settings.max_images,
-            max_pixels=settings.max_pixels,
-            max_body_bytes=settings.max_body_bytes,
-            max_samples=settings.max_samples,
-            max_steps=settings.max_steps,
-            max_batch_size=settings.max_batch_size,
-        ),
-    )
-    return OrjsonResponse(info.model_dump(mode="json"))

@@ -240,3 +240,22 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+# --- the model repository --------------------------------------------------------------
+class VersionInfo(BaseModel):
+    version: int
+    state: Literal["loading", "ready", "unloading", "failed"]
+    reason: str | None = Field(description="why the load failed; null otherwise")
+    metadata: ModelInfo | None = Field(description="GET /model's body, once loaded")
+
+
+class ModelEntry(BaseModel):
+    name: str
+    default: bool = Field(description="served by the top-level routes")
+    state: Literal["ready", "unavailable"] = Field(description="ready: a version serves")
+    versions: list[VersionInfo] = Field(description="every load in progress or in service")
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelEntry]

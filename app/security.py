@@ -40,16 +40,17 @@ def presented_key(request: Request) -> str | None:
     return request.headers.get("x-api-key") or None
 
 
-def api_key_guard(keys: ApiKeys) -> Callable[[Request], Awaitable[None]]:
-    """A route dependency that refuses requests without a valid key (401)."""
+def api_key_guard(keys: ApiKeys, role: str = "API") -> Callable[[Request], Awaitable[None]]:
+    """A route dependency that refuses requests without a valid key (401); `role` names
+    the kind of key in the message ("API", or "admin" for the management routes)."""
 
     async def require_api_key(request: Request) -> None:
         if not keys.enabled:
             return
         presented = presented_key(request)
         if presented is None:
-            raise UnauthorizedError("an API key is required: Authorization: Bearer <key>")
+            raise UnauthorizedError(f"an {role} key is required: Authorization: Bearer <key>")
         if not keys.accepts(presented):
-            raise UnauthorizedError("the API key is not valid")
+            raise UnauthorizedError(f"the {role} key is not valid")
 
     return require_api_key

@@ -81,3 +81,19 @@ def artifact_dir(tmp_path_factory: pytest.TempPathFactory, tiny_vae: VAE) -> Pat
     """A real exported artifact folder (model.pt + model.json) for the tiny VAE."""
     directory = tmp_path_factory.mktemp("artifact")
     return save_artifact(tiny_vae, tiny_metadata(tiny_vae), directory)
+
+
+@pytest.fixture(scope="session")
+def make_artifact(tmp_path_factory: pytest.TempPathFactory):
+    """`make_artifact(seed)`: a real exported tiny VAE trained from `seed` (cached), so
+    that two seeds give two models whose answers differ."""
+    made: dict[int, Path] = {}
+
+    def make(seed: int) -> Path:
+        if seed not in made:
+            model = train_tiny_vae(seed=seed)
+            directory = tmp_path_factory.mktemp(f"artifact-seed{seed}")
+            made[seed] = save_artifact(model, tiny_metadata(model), directory)
+        return made[seed]
+
+    return make

@@ -475,8 +475,8 @@ async def test_lanes_never_share_a_batch_and_a_flooded_lane_does_not_starve_anot
         return run
 
     async with Batcher(max_batch_size=4, max_wait_ms=0, max_queue=64) as batcher:
-        busy = batcher.lane(tracked("flooded", flooded), name="flooded")
-        other = batcher.lane(tracked("quiet", quiet), name="quiet")
+        busy = batcher.lane(tracked("flooded", flooded), model="flooded")
+        other = batcher.lane(tracked("quiet", quiet), model="quiet")
         held = await hold(busy, flooded)
         flood = [asyncio.create_task(busy.submit("encode", rows(4, 10 * i))) for i in range(3)]
         await until(lambda: batcher.queued_rows == 12)

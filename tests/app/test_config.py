@@ -5,12 +5,15 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from app.config import DEFAULT_MODEL_DIR, Settings, describe_error
+from app.config import DEFAULT_REPOSITORY, Settings, describe_error
 
 
 def test_defaults_are_the_shipped_model_and_safe_limits():
     settings = Settings()
-    assert settings.model_dir == DEFAULT_MODEL_DIR and DEFAULT_MODEL_DIR.name == "mnist"
+    assert settings.model_dir is None and settings.model_repository == DEFAULT_REPOSITORY
+    assert settings.default_model == "mnist" and (DEFAULT_REPOSITORY / "mnist").is_dir()
+    assert str(settings.policy) == "latest:1" and settings.poll_s == 0
+    assert settings.admin_keys == ()
     assert settings.device == "auto" and settings.max_batch_size == 64
     assert settings.api_keys == () and settings.cors_origins == ()
     assert settings.max_body_bytes <= 16 * 1024 * 1024
@@ -68,6 +71,10 @@ def test_default_batch_sizes_are_powers_of_two_and_the_maximum():
         {"max_pixels": 10**9},
         {"log_level": "chatty"},
         {"request_timeout_ms": 0},
+        {"version_policy": "newest"},
+        {"version_policy": "specific:"},
+        {"default_model": "a.b"},
+        {"poll_s": -1},
     ],
 )
 def test_out_of_range_settings_are_refused(overrides):

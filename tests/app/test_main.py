@@ -65,6 +65,9 @@ def broken_artifacts(artifact_dir: Path, root: Path) -> dict[str, tuple[dict[str
     corrupt, incompatible = root / "corrupt", root / "incompatible"
     shutil.copytree(artifact_dir, corrupt)
     (corrupt / "model.pt").write_bytes(b"definitely not a TorchScript archive")
+    unchecked = json.loads((corrupt / "model.json").read_text())
+    del unchecked["model_sha256"]  # as an exporter without the checksum wrote it
+    (corrupt / "model.json").write_text(json.dumps(unchecked))
     shutil.copytree(artifact_dir, incompatible)
     metadata = json.loads((incompatible / "model.json").read_text())
     (incompatible / "model.json").write_text(json.dumps({**metadata, "format_version": 99}))

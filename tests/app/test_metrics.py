@@ -22,19 +22,30 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 def test_each_app_has_its_own_registry():
     first, second = Metrics(), Metrics()
     first.observe_request("/encode", 200, 0.01)
-    assert b'vae_requests_total{endpoint="/encode",status="200"} 1.0' in first.render()
+    assert b'vae_requests_total{endpoint="/encode",model="",status="200",version=""} 1.0' in (
+        first.render()
+    )
     assert b"/encode" not in second.render()
 
 
 def test_batch_stats_feed_the_histograms():
     metrics = Metrics()
-    metrics.observe_batch(BatchStats(1, "decode", 12, 3, (0.001, 0.002, 0.003), 0.05, None))
-    metrics.observe_batch(BatchStats(2, "decode", 1, 1, (0.0,), 0.01, RuntimeError("x")))
+    waits = (0.001, 0.002, 0.003)
+    metrics.observe_batch(BatchStats(1, "decode", 12, 3, waits, 0.05, None, "mnist", "2"))
+    metrics.observe_batch(
+        BatchStats(2, "decode", 1, 1, (0.0,), 0.01, RuntimeError("x"), "mnist", "2")
+    )
+    metrics.observe_batch(BatchStats(3, "decode", 5, 1, (0.0,), 0.01, None, "parts", "1"))
     values = samples(metrics.render().decode())
-    assert values[("vae_batch_rows_sum", (("op", "decode"),))] == 13
-    assert values[("vae_batch_requests_count", (("op", "decode"),))] == 2
-    assert values[("vae_queue_wait_seconds_count", (("op", "decode"),))] == 4
-    assert values[("vae_batch_failures_total", (("op", "decode"),))] == 1
+    mnist = (("model", "mnist"), ("op", "decode"), ("version", "2"))
+    assert values[("vae_batch_rows_sum", mnist)] == 13
+    assert values[("vae_batch_requests_count", mnist)] == 2
+    assert values[("vae_queue_wait_seconds_count", mnist)] == 4
+    assert values[("vae_batch_failures_total", mnist)] == 1
+    assert (
+        values[("vae_batch_rows_sum", (("model", "parts"), ("op", "decode"), ("version", "1")))]
+        == 5
+    )
 
 
 def test_queue_depth_is_read_at_scrape_time():
@@ -51,10 +62,28 @@ async def test_metrics_endpoint_reports_requests_batches_and_readiness(client):
     response = await client.get("/metrics")
     assert response.headers["content-type"].startswith("text/plain")
     values = samples(response.text)
-    assert values[("vae_requests_total", (("endpoint", "/sample"), ("status", "200")))] >= 1
-    assert values[("vae_requests_total", (("endpoint", "/sample"), ("status", "422")))] >= 1
-    assert values[("vae_request_duration_seconds_count", (("endpoint", "/sample"),))] >= 2
-    assert values[("vae_batch_rows_count", (("op", "decode"),))] >= 1
+    model = (("model", "artifact0"), ("version", "1"))  # the test artifact's folder
+    assert (
+        values[
+            (
+                "vae_requests_total",
+                (("endpoint", "/sample"), *model[:1], ("status", "200"), *model[1:]),
+            )
+        ]
+        >= 1
+    )
+    assert (
+        values[
+            (
+                "vae_requests_total",
+                (("endpoint", "/sample"), *model[:1], ("status", "422"), *model[1:]),
+            )
+        ]
+        >= 1
+    )
+    assert values[("vae_request_duration_seconds_count", (("endpoint", "/sample"), *model))] >= 2
+    assert values[("vae_batch_rows_count", (model[0], ("op", "decode"), model[1]))] >= 1
+    assert values[("vae_model_loaded", model)] == 1
     assert values[("vae_ready", ())] == 1
     assert ("vae_queue_rows", ()) in values
 
@@ -63,4 +92,4 @@ async def test_unknown_paths_share_one_label(client):
     for path in ("/a", "/b/c", "/d?x=1"):
         await client.get(path)
     text = (await client.get("/metrics")).text
-    assert 'endpoint="unmatched",status="404"' in text and "/b/c" not in text
+    assert 'endpoint="unmatched",model="",status="404"' in text and "/b/c" not in text

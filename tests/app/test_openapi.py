@@ -7,8 +7,14 @@ import pytest
 pytestmark = pytest.mark.anyio
 
 PROBES = {"GET /health", "GET /ready", "GET /metrics"}
-# bodies the routes read themselves: JSON or multipart, or JSON only (415 otherwise)
-SELF_PARSED = {"POST /encode", "POST /anomaly", "POST /interpolate", "POST /decode", "POST /sample"}
+VERBS = ("encode", "anomaly", "interpolate", "decode", "sample")
+# bodies the routes read themselves: JSON or multipart, or JSON only (415 otherwise), at
+# every address of a verb
+SELF_PARSED = {
+    f"POST {prefix}/{verb}"
+    for verb in VERBS
+    for prefix in ("", "/models/{name}", "/models/{name}/versions/{version}")
+}
 
 
 @pytest.fixture(scope="module")
