@@ -1,7 +1,8 @@
 """Every error the service answers with, and the one handler that renders them.
 
 The body is always `{"error": {"code": "...", "message": "...", "request_id": "..."}}`;
-`code` is stable and machine-readable, `message` says what to fix. The tree::
+`code` is stable and machine-readable, `message` says what to fix. Under `/v2` (the Open
+Inference Protocol) it is that protocol's `{"error": "<message>"}`. The tree::
 
     ServiceError (a Starlette HTTPException)   500 internal
     ├── InvalidRequestError         422 invalid_request
@@ -169,6 +170,7 @@ def codes_for(status: int) -> list[str]:
     return codes
 
 
+V2_PREFIX = "/v2"
 _CODES_BY_STATUS = {
     401: "unauthorized",
     404: "not_found",
@@ -233,8 +235,14 @@ def _parse_failure(exc: HTTPException) -> str:
     return str(exc.detail)
 
 
-def error_response(error: ServiceError, request_id: str) -> Response:
-    body = {"error": {"code": error.code, "message": error.message, "request_id": request_id}}
+def error_response(error: ServiceError, request_id: str, path: str = "") -> Response:
+    """The documented error body; under /v2 the Open Inference Protocol's `{"error": "..."}`
+    (the request id is in the X-Request-ID header there)."""
+    body: dict[str, Any]
+    if path == V2_PREFIX or path.startswith(V2_PREFIX + "/"):
+        body = {"error": error.message}
+    else:
+        body = {"error": {"code": error.code, "message": error.message, "request_id": request_id}}
     return Response(
         orjson.dumps(body), error.status_code, error.headers, media_type="application/json"
     )
@@ -248,4 +256,4 @@ def request_id_of(request: Request) -> str:
 async def handle_error(request: Request, exc: Exception) -> Response:
     """The exception handler registered for every error class the app renders."""
     request_id = request_id_of(request)
-    return error_response(as_service_error(exc, request_id), request_id)
+    return error_response(as_service_error(exc, request_id), request_id, request.url.path)

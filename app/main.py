@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 
-from app import management, probes, routes
+from app import management, probes, routes, v2
 from app.batching import Batcher
 from app.config import Settings, describe_error
 from app.dependencies import Services
@@ -79,10 +79,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     guard = api_key_guard(ApiKeys(settings.all_api_keys()))
     app.include_router(routes.api, dependencies=[Depends(guard)])
     app.include_router(management.listing, dependencies=[Depends(guard)])
+    app.include_router(v2.api, dependencies=[Depends(guard)])
     if settings.admin_keys:  # no admin key: the management routes do not exist
         admin_guard = api_key_guard(ApiKeys(settings.all_admin_keys()), role="admin")
         app.include_router(management.admin, dependencies=[Depends(admin_guard)])
+        app.include_router(v2.repository, dependencies=[Depends(admin_guard)])
     app.include_router(probes.probes)
+    app.include_router(v2.health)
     if settings.ui:
         install_ui(app)
     _add_middleware(app, settings, metrics, lifecycle)

@@ -41,7 +41,7 @@ error_log = logging.getLogger("vae.errors")
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # anything else could forge log lines
 DIGITS = re.compile(r"[0-9]+")
-PROBES = ("/health", "/ready", "/metrics")
+PROBES = ("/health", "/ready", "/metrics", "/v2/health/live", "/v2/health/ready")
 CLIENT_CLOSED = 499  # nginx's status for "the client closed the connection first"
 
 
@@ -112,7 +112,7 @@ class RequestContextMiddleware:
             if status is not None:
                 raise  # the response had started: let the server abort the connection
             error = as_service_error(exc, request_id)
-            await error_response(error, request_id)(scope, receive, send_with_id)
+            await error_response(error, request_id, scope["path"])(scope, receive, send_with_id)
         finally:
             final = CLIENT_CLOSED if status is None else status
             self._record(scope, context, final, time.monotonic() - started)
@@ -145,7 +145,7 @@ class DrainGate:
             self.metrics.rejected.labels("shutting_down").inc()
             context = scope["state"]["context"]
             error = ShuttingDownError("the service is shutting down; retry on another instance")
-            await error_response(error, context.request_id)(scope, receive, send)
+            await error_response(error, context.request_id, scope["path"])(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
@@ -165,7 +165,8 @@ class BodyLimitMiddleware:
         declared = _count(Headers(scope=scope).get("content-length", ""), self.max_bytes)
         if declared is not None and declared > self.max_bytes:
             context = scope["state"]["context"]
-            await error_response(self._too_large(), context.request_id)(scope, receive, send)
+            error = self._too_large()
+            await error_response(error, context.request_id, scope["path"])(scope, receive, send)
             return
         received = 0
 
