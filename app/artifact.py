@@ -61,7 +61,7 @@ class Calibration(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    score: Literal["nelbo", "iwae", "recon", "nelbo-ic", "iwae-ic", "recon-ic"]
+    score: Literal["nelbo", "iwae", "recon", "nelbo-ic", "iwae-ic", "recon-ic", "map"]
     score_samples: int = Field(ge=1)
     count: int = Field(ge=1, description="images the quantiles were computed from")
     levels: list[float] = Field(description="quantile levels in [0, 1], increasing")

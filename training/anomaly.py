@@ -14,41 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from app.artifact import load_artifact
 from training.calibrate import score_images
 from training.config import TrainConfig
 from training.dataset import ImageSet
-from training.errors import DataError, TrainingError
+from training.errors import DataError
 from training.model import VAE, ScoreKind
 from training.pipeline import FitResult, fit_and_export, prepare_data
+from training.roc import auroc
 from training.train import Log, resolve_device
-
-
-def auroc(normal: Tensor, anomalous: Tensor) -> float:
-    """P(an anomalous score exceeds a normal one), ties counting half (Mann-Whitney U)."""
-    if len(normal) == 0 or len(anomalous) == 0:
-        raise ValueError("AUROC needs at least one normal and one anomalous score")
-    scores = torch.cat([normal.flatten(), anomalous.flatten()]).double()
-    if bool(scores.isnan().any()):
-        raise TrainingError("anomaly scores contain NaN")
-    ranks = _average_ranks(scores)
-    n_normal, n_anomalous = len(normal), len(anomalous)
-    u = ranks[n_normal:].sum() - n_anomalous * (n_anomalous + 1) / 2
-    return float(u / (n_normal * n_anomalous))
-
-
-def _average_ranks(values: Tensor) -> Tensor:
-    """1-based ranks of `values`; tied values share the mean of their ranks."""
-    order = values.argsort()
-    _, group, counts = torch.unique_consecutive(
-        values[order], return_inverse=True, return_counts=True
-    )
-    last = counts.cumsum(0).double()  # rank of each tie group's last member
-    ranks = torch.empty_like(values)
-    ranks[order] = (last - (counts - 1) / 2)[group]
-    return ranks
 
 
 @dataclass(frozen=True)

@@ -13,17 +13,20 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from training.config import TrainConfig
 from training.errors import CheckpointError, first_line
-from training.model import VAE, ModelConfig
+from training.model import ModelConfig
 
 LAST = "last.pt"
 BEST = "best.pt"
+
+if TYPE_CHECKING:
+    from training.model import AnyVAE
 
 
 @dataclass
@@ -39,7 +42,7 @@ class Progress:
     train_seconds: float = 0.0  # spent in those epochs' steps (validation not counted)
     pace: float = 0.0  # how far along its schedules the run is (`training.budget.Pace`)
 
-    def record(self, epoch: int, val: float, model: VAE) -> bool:
+    def record(self, epoch: int, val: float, model: AnyVAE) -> bool:
         """Close `epoch` with validation `val`; True (and keep the weights) when best."""
         self.epoch = epoch
         if not val < self.best_val:  # also false for nan: a diverged epoch is never best
@@ -66,7 +69,7 @@ class RunIdentity:
 
 
 def save_last(
-    run: RunIdentity, model: VAE, optimizer: torch.optim.Optimizer, progress: Progress
+    run: RunIdentity, model: AnyVAE, optimizer: torch.optim.Optimizer, progress: Progress
 ) -> Path:
     state = {
         "model": model.state_dict(),
@@ -94,7 +97,9 @@ def save_best(run: RunIdentity, progress: Progress) -> Path:
     return save_checkpoint(state, run.config.checkpoint_path / BEST)
 
 
-def resume(path: Path, run: RunIdentity, model: VAE, optimizer: torch.optim.Optimizer) -> Progress:
+def resume(
+    path: Path, run: RunIdentity, model: AnyVAE, optimizer: torch.optim.Optimizer
+) -> Progress:
     """Load `path` into `model` and `optimizer`; refuse another network or other data."""
     state = load_checkpoint(path, next(model.parameters()).device)
     _check_compatible(state, run, path)

@@ -18,6 +18,7 @@ EXAMPLES = """examples:
   python -m training                                  # the shipped MNIST model
   python -m training --classes 3 --name mnist-3       # an anomaly model of "normal" threes
   python -m training --data photos/ --image-size 64 --channels 3 --likelihood gaussian
+  python -m training --data parts/ --preset inspection  # a defect detector, full resolution
   python -m training --resume runs/mnist/last.pt      # continue an interrupted run
   torchrun --standalone --nproc-per-node 2 -m training  # data parallel: 2 processes (GPUs)
 """
@@ -30,6 +31,7 @@ def build_parser() -> flags.Parser:
         epilog=EXAMPLES,
         formatter_class=flags.HelpFormatter,
     )
+    flags.add_preset_flag(parser)
     flags.add_data_flags(parser)
     flags.add_model_flags(parser)
     flags.add_loss_flags(parser)
@@ -55,12 +57,14 @@ def run_cli(command: Callable[[], Any]) -> int:
 def main(argv: Sequence[str] | None = None, started: float | None = None) -> int:
     """The command; `started` (time.monotonic()) is when the process began, for
     --max-minutes (default: now)."""
-    args = build_parser().parse_args(argv)
-    return run_cli(lambda: _train(args, started))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    explicit = flags.explicit_flags(parser, argv)
+    return run_cli(lambda: _train(args, explicit, started))
 
 
-def _train(args: argparse.Namespace, started: float | None) -> None:
-    config = flags.config_from_args(args)
+def _train(args: argparse.Namespace, explicit: set[str], started: float | None) -> None:
+    config = flags.config_from_args(args, explicit)
     fit = pipeline.run(config, started=started)
     if fit is None:  # a torchrun rank other than 0: rank 0 reports
         return
@@ -79,5 +83,6 @@ def _train(args: argparse.Namespace, started: float | None) -> None:
     )
     print(
         f"anomaly threshold ({config.score}, q={config.threshold_quantile}): "
-        f"{fit.calibration.threshold:.2f} nats"
+        f"{fit.calibration.threshold:.{4 if config.score == 'map' else 2}f}"
+        + ("" if config.score == "map" else " nats")
     )

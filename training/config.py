@@ -16,6 +16,9 @@ from training.errors import ConfigError
 from training.model import Architecture, Likelihood, ModelConfig, ScoreKind
 
 IMAGE_SIZE_RANGE = (28, 128)
+# spatial models work at the data's resolution: its long side, within these bounds
+WORK_SIZE_RANGE = (32, 1024)
+DEFAULT_WORK_SIDE = 512  # image_size 0 (the data's own) is capped here: serving cost
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,7 @@ class TrainConfig:
     data: str = "mnist"  # 'mnist', a folder of PNG/JPEG images, or a .npz file
     classes: tuple[int, ...] | None = None  # keep only these labels
     image_size: int = 28  # every image is resized to image_size x image_size
+    # (spatial: the long side of the working resolution; 0 = the data's own, at most 512)
     channels: int | None = None  # None: the source's own (1 unless it holds colour)
     val_fraction: float = 0.1
     seed: int = 0
@@ -35,6 +39,12 @@ class TrainConfig:
     hidden: tuple[int, ...] = (32, 64, 64)  # 28 -> 14 -> 7 -> 4: small dense layers
     dense: int = 512
     likelihood: Likelihood = "bernoulli"
+    # spatial models (the inspection preset): crops they train on, their map head
+    crop: int = 64
+    crops_per_image: int = 2
+    map_hidden: tuple[int, ...] = (16, 32, 64)
+    map_sigma: float | None = None  # None: chosen on validation images with synthetic defects
+    preset: str | None = None  # the recipe the flags started from (`training.presets`)
     # loss: the cures for KL vanishing
     beta: float = 1.0
     warmup_epochs: float = 10.0
@@ -72,19 +82,34 @@ class TrainConfig:
     def artifact_path(self) -> Path:
         return Path(self.out or Path("models") / self.run_name)
 
-    def model_config(self, channels: int) -> ModelConfig:
-        """The network this recipe builds; every field passed, so these defaults rule."""
+    def model_config(self, channels: int, work_size: tuple[int, int] | None = None) -> ModelConfig:
+        """The network this recipe builds; every field passed, so these defaults rule.
+        A spatial model takes `work_size` (height, width) images; its `latent_dim` is the
+        size of the whole latent map, `--latent-dim` channels per cell."""
+        spatial = self.architecture == "spatial"
+        latent_dim = self.latent_dim
+        if spatial:
+            if work_size is None:
+                raise ConfigError("a spatial model needs the working size of its images")
+            stride = 2 ** len(self.hidden)
+            latent_dim *= (work_size[0] // stride) * (work_size[1] // stride)
         return ModelConfig(
             architecture=self.architecture,
             channels=channels,
-            image_size=self.image_size,
-            latent_dim=self.latent_dim,
+            image_size=work_size[0] if spatial and work_size else self.image_size,
+            latent_dim=latent_dim,
             hidden=self.hidden,
             dense=self.dense,
             likelihood=self.likelihood,
             score=self.score,
             score_samples=self.score_samples,
             score_seed=self.seed,
+            work_size=work_size if spatial else None,
+            latent_channels=self.latent_dim,
+            crop=self.crop,
+            crops_per_image=self.crops_per_image,
+            map_hidden=self.map_hidden,
+            map_sigma=self.map_sigma or 4.0,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -94,18 +119,14 @@ class TrainConfig:
     def from_dict(cls, raw: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in raw.items() if k in known}
-        for key in ("hidden", "classes"):
+        for key in ("hidden", "classes", "map_hidden"):
             if values.get(key) is not None:
                 values[key] = tuple(values[key])
         return cls(**values)
 
     def validate(self) -> TrainConfig:
         """Raise `ConfigError` naming the first bad flag; return self for chaining."""
-        low, high = IMAGE_SIZE_RANGE
-        _require(
-            low <= self.image_size <= high,
-            f"--image-size must be in [{low}, {high}], got {self.image_size}",
-        )
+        self._validate_size()
         _require(self.channels in (None, 1, 3), "--channels must be 1 or 3")
         _require(0.0 < self.val_fraction < 1.0, "--val-fraction must be in (0, 1)")
         _require(self.classes is None or len(self.classes) > 0, "--classes is empty")
@@ -123,13 +144,49 @@ class TrainConfig:
         _require(self.warmup_epochs >= 0.0, "--warmup-epochs must not be negative")
         _require(self.free_bits >= 0.0, "--free-bits must not be negative")
         _require(
-            0 <= self.augment_shift < self.image_size // 2,
+            0 <= self.augment_shift < self._side() // 2,
             "--augment-shift must be in [0, image size / 2)",
         )
         _require(0.0 < self.threshold_quantile < 1.0, "--threshold-quantile must be in (0, 1)")
         _require(self.max_minutes is None or self.max_minutes > 0, "--max-minutes must be positive")
         _require(self.threads is None or self.threads >= 1, "--threads must be at least 1")
         return self
+
+    def _side(self) -> int:
+        """The side of what one training step sees: the image, or a spatial model's crop."""
+        return self.crop if self.architecture == "spatial" else self.image_size
+
+    def _validate_size(self) -> None:
+        if self.architecture != "spatial":
+            low, high = IMAGE_SIZE_RANGE
+            _require(
+                low <= self.image_size <= high,
+                f"--image-size must be in [{low}, {high}], got {self.image_size}",
+            )
+            _require(self.score != "map", "--score map needs --architecture spatial")
+            return
+        low, high = WORK_SIZE_RANGE
+        stride = 2 ** len(self.hidden)
+        _require(
+            self.image_size == 0 or low <= self.image_size <= high,
+            f"--image-size must be 0 (the data's own) or in [{low}, {high}] for a spatial "
+            f"model, got {self.image_size}",
+        )
+        _require(self.score == "map", "a spatial model scores with --score map")
+        _require(
+            self.crop >= 2 * stride and self.crop % stride == 0,
+            f"--crop must be a multiple of {stride} (2 ** levels of --hidden), at least "
+            f"{2 * stride}, got {self.crop}",
+        )
+        _require(self.crops_per_image >= 1, "--crops-per-image must be at least 1")
+        _require(
+            len(self.map_hidden) > 0 and all(w >= 4 and w % 4 == 0 for w in self.map_hidden),
+            "--map-hidden needs widths that are positive multiples of 4",
+        )
+        _require(
+            self.map_sigma is None or 0.0 < self.map_sigma <= 64.0,
+            "--map-sigma must be in (0, 64] pixels",
+        )
 
     def _positive_ints(self) -> dict[str, int]:
         return {

@@ -12,7 +12,7 @@
 Every image, whatever its source, goes through `app.preprocessing`, the function the
 service decodes uploads with: a file is opened with Pillow, an array becomes a Pillow
 image (floats quantised to uint8 first, as an uploaded 8-bit image would be), then
-EXIF orientation, mode (`L` or `RGB`), bilinear resize to `image_size` squared, and
+EXIF orientation, mode (`L` or `RGB`), bilinear resize to `image_size`, and
 uint8 / 255. So a model sees in training exactly the pixels it is served.
 """
 
@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import zipfile
 import zlib
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import ExifTags, Image
 
 from app.preprocessing import (
     GREY_MODES,
@@ -39,8 +40,12 @@ from training.errors import DataError, first_line
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
 
-def load_images(source: str, image_size: int, channels: int | None = None) -> ImageSet:
-    """Read `source` into an `ImageSet` of (N, channels, image_size, image_size)."""
+Size = int | tuple[int, int]  # a side, or (height, width)
+
+
+def load_images(source: str, image_size: Size, channels: int | None = None) -> ImageSet:
+    """Read `source` into an `ImageSet` of (N, channels, height, width): `image_size` is
+    the side of a square, or (height, width)."""
     if source == "mnist":
         return _conform(*_mnist(), image_size, channels)
     path = Path(source)
@@ -101,20 +106,48 @@ def _to_nhwc(path: Path, pixels: np.ndarray) -> np.ndarray:
     return np.round(pixels * 255.0).astype(np.uint8)  # as an 8-bit upload of them would be
 
 
+def native_size(source: str) -> tuple[int, int]:
+    """The most common (height, width) of `source`'s images, upright, before any resizing."""
+    if source == "mnist":
+        return (28, 28)
+    path = Path(source)
+    if path.is_dir():
+        sizes = [_upright_size(p) for p in _files(path)]
+    elif path.suffix.lower() == ".npz" and path.is_file():
+        pixels, _ = _npz(path)
+        sizes = [(int(pixels.shape[1]), int(pixels.shape[2]))]
+    else:
+        raise DataError(f"dataset not found: {source} (expected 'mnist', a folder or a .npz file)")
+    return Counter(sizes).most_common(1)[0][0]
+
+
+def _pillow_size(image_size: Size) -> tuple[int, int]:
+    """(width, height), as Pillow orders it."""
+    if isinstance(image_size, int):
+        return (image_size, image_size)
+    return (image_size[1], image_size[0])
+
+
 def _conform(
-    pixels: np.ndarray, labels: torch.Tensor | None, image_size: int, channels: int | None
+    pixels: np.ndarray, labels: torch.Tensor | None, image_size: Size, channels: int | None
 ) -> ImageSet:
     """uint8 (N, H, W[, 3]) arrays -> the preprocessed set, each image as Pillow holds it."""
     channels = channels or (3 if pixels.ndim == 4 else 1)
     mode = "L" if channels == 1 else "RGB"
-    arrays = [to_pixels(Image.fromarray(p), mode, (image_size, image_size))[0] for p in pixels]
+    size = _pillow_size(image_size)
+    arrays = [to_pixels(Image.fromarray(p), mode, size)[0] for p in pixels]
     return ImageSet(to_tensor(np.stack(arrays), preprocessing_for(channels)), labels)
 
 
-def _folder(root: Path, image_size: int, channels: int | None) -> ImageSet:
+def _files(root: Path) -> list[Path]:
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise DataError(f"{root}: no PNG or JPEG images (searched recursively)")
+    return files
+
+
+def _folder(root: Path, image_size: Size, channels: int | None) -> ImageSet:
+    files = _files(root)
     if channels is None:
         channels = 1 if all(_mode(p) in GREY_MODES for p in files) else 3
     mode = "L" if channels == 1 else "RGB"
@@ -131,13 +164,24 @@ def _mode(path: Path) -> str:
         raise DataError(f"{path}: unreadable image ({first_line(exc)})") from None
 
 
-def _read(path: Path, mode: str, image_size: int) -> np.ndarray:
+def _upright_size(path: Path) -> tuple[int, int]:
+    """(height, width) of the image as the service will see it, EXIF orientation applied."""
+    try:
+        with Image.open(path) as image:  # reads the header only
+            width, height = image.size
+            turned = image.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise DataError(f"{path}: unreadable image ({first_line(exc)})") from None
+    return (width, height) if turned else (height, width)
+
+
+def _read(path: Path, mode: str, image_size: Size) -> np.ndarray:
     try:
         with Image.open(path) as image:
             if image.mode not in SUPPORTED_MODES:
                 raise DataError(f"{path}: mode {image.mode} is not supported (nor served)")
             image.load()
-            return to_pixels(image, mode, (image_size, image_size))[0]
+            return to_pixels(image, mode, _pillow_size(image_size))[0]
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise DataError(f"{path}: unreadable image ({first_line(exc)})") from None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -26,7 +27,10 @@ from app.preprocessing import preprocessing_for
 from training import verify
 from training.config import TrainConfig
 from training.errors import ExportError
-from training.model import VAE, ModelConfig
+from training.model import ModelConfig
+
+if TYPE_CHECKING:
+    from training.model import AnyVAE
 
 
 def build_metadata(
@@ -43,8 +47,8 @@ def build_metadata(
         format_version=FORMAT_VERSION,
         name=config.run_name,
         channels=model_config.channels,
-        height=model_config.image_size,
-        width=model_config.image_size,
+        height=model_config.image_height,
+        width=model_config.image_width,
         latent_dim=model_config.latent_dim,
         likelihood=model_config.likelihood,
         architecture=model_config.architecture,
@@ -63,7 +67,7 @@ def build_metadata(
 
 
 def export_artifact(
-    model: VAE,
+    model: AnyVAE,
     metadata: ModelMetadata,
     directory: Path,
     *,

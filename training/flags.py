@@ -7,11 +7,14 @@ is read from `TrainConfig`, the one place the recipe lives.
 from __future__ import annotations
 
 import argparse
+import copy
+from collections.abc import Collection, Sequence
 from dataclasses import fields
 from typing import NoReturn, get_args
 
-from training.config import IMAGE_SIZE_RANGE, TrainConfig
+from training.config import DEFAULT_WORK_SIDE, IMAGE_SIZE_RANGE, WORK_SIZE_RANGE, TrainConfig
 from training.model import Architecture, Likelihood, ScoreKind
+from training.presets import PRESETS, preset_values
 
 DEFAULTS = TrainConfig()
 
@@ -55,11 +58,14 @@ def add_data_flags(parser: argparse.ArgumentParser, classes: bool = True) -> Non
             "--classes", type=int_list, help="keep only these labels, e.g. 3 or 0,1 (default: all)"
         )
     low, high = IMAGE_SIZE_RANGE
+    work_low, work_high = WORK_SIZE_RANGE
     group.add_argument(
         "--image-size",
         type=int,
         default=DEFAULTS.image_size,
-        help=f"resize every image to this side, {low}..{high} px",
+        help=f"resize every image to this side, {low}..{high} px; for --architecture "
+        f"spatial the long side of the resolution it works at, {work_low}..{work_high} "
+        f"px, or 0 for the data's own (at most {DEFAULT_WORK_SIDE})",
     )
     group.add_argument(
         "--channels",
@@ -81,6 +87,15 @@ def add_data_flags(parser: argparse.ArgumentParser, classes: bool = True) -> Non
     )
 
 
+def add_preset_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="start from a named recipe; flags given explicitly override it. 'inspection': "
+        "defect detection on photos at their own resolution (" + _preset_text("inspection") + ")",
+    )
+
+
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument(
@@ -89,7 +104,12 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
         default=DEFAULTS.architecture,
         help="encoder/decoder family",
     )
-    group.add_argument("--latent-dim", type=int, default=DEFAULTS.latent_dim, help="latent size D")
+    group.add_argument(
+        "--latent-dim",
+        type=int,
+        default=DEFAULTS.latent_dim,
+        help="latent size D (spatial: latent channels per 8x8 cell)",
+    )
     group.add_argument(
         "--hidden",
         type=int_list,
@@ -104,6 +124,30 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
         choices=get_args(Likelihood),
         default=DEFAULTS.likelihood,
         help="p(x|z): Bernoulli (BCE) or Gaussian with a learned variance",
+    )
+    group.add_argument(
+        "--crop",
+        type=int,
+        default=DEFAULTS.crop,
+        help="spatial: side of the random crops it trains on",
+    )
+    group.add_argument(
+        "--crops-per-image",
+        type=int,
+        default=DEFAULTS.crops_per_image,
+        help="spatial: crops taken from each image of a batch",
+    )
+    group.add_argument(
+        "--map-hidden",
+        type=int_list,
+        default=_joined(DEFAULTS.map_hidden),
+        help="spatial: widths of the anomaly map head's U-Net levels",
+    )
+    group.add_argument(
+        "--map-sigma",
+        type=float,
+        help="spatial: Gaussian smoothing of the anomaly map, px (default: chosen on the "
+        "validation images with synthetic defects)",
     )
 
 
@@ -208,10 +252,33 @@ def add_score_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The parsed flags over `TrainConfig`'s defaults, validated."""
-    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+def config_from_args(
+    args: argparse.Namespace, explicit: Collection[str] | None = None
+) -> TrainConfig:
+    """The parsed flags over the preset's values over `TrainConfig`'s defaults, validated.
+    `explicit`: the flags (destinations) the user gave; they win over the preset. None:
+    every flag counts as given."""
+    names = [f.name for f in fields(TrainConfig) if hasattr(args, f.name)]
+    given = set(names) if explicit is None else set(explicit)
+    values = preset_values(getattr(args, "preset", None))
+    values |= {name: getattr(args, name) for name in names if name in given or name not in values}
     return TrainConfig(**values).validate()
+
+
+def explicit_flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
+    """The destinations of the flags present on the command line `argv`."""
+    probe = copy.deepcopy(parser)
+    for action in probe._actions:  # absent flags then leave no attribute at all
+        action.default = argparse.SUPPRESS
+    return set(vars(probe.parse_args(argv)))
+
+
+def _preset_text(name: str) -> str:
+    return ", ".join(f"{key}={_shown(value)}" for key, value in preset_values(name).items())
+
+
+def _shown(value: object) -> str:
+    return _joined(value) if isinstance(value, tuple) else str(value)
 
 
 def _joined(values: tuple[int, ...]) -> str:

@@ -16,14 +16,16 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from training.model import VAE
-
 EVAL_PIXELS = 2048 * 28 * 28
 ELBO_SAMPLES = 16  # draws averaged in the reported negative ELBO
+
+if TYPE_CHECKING:
+    from training.model import AnyVAE
 
 
 def chunk_rows(image_shape: tuple[int, ...]) -> int:
@@ -89,18 +91,18 @@ def format_seconds(seconds: float) -> str:
 
 
 @torch.inference_mode()
-def negative_elbo(model: VAE, images: Tensor, samples: int = 1, seed: int = 0) -> Tensor:
+def negative_elbo(model: AnyVAE, images: Tensor, samples: int = 1, seed: int = 0) -> Tensor:
     """Negative ELBO per image, (N,) on the CPU, averaged over `samples` draws."""
     return _negative_elbo(model, images, samples, torch.Generator().manual_seed(seed))
 
 
 @torch.inference_mode()
-def iwae_nll(model: VAE, images: Tensor, samples: int, seed: int = 0) -> Tensor:
+def iwae_nll(model: AnyVAE, images: Tensor, samples: int, seed: int = 0) -> Tensor:
     """IWAE estimate of -log p(x) per image with `samples` draws, (N,) on the CPU."""
     return _iwae_nll(model, images, samples, torch.Generator().manual_seed(seed))
 
 
-def _negative_elbo(model: VAE, images: Tensor, samples: int, noise: torch.Generator) -> Tensor:
+def _negative_elbo(model: AnyVAE, images: Tensor, samples: int, noise: torch.Generator) -> Tensor:
     device = _device(model)
     chunk = max(1, chunk_rows(images.shape[1:]) // samples)
     parts = []
@@ -110,7 +112,7 @@ def _negative_elbo(model: VAE, images: Tensor, samples: int, noise: torch.Genera
     return torch.cat(parts)
 
 
-def _iwae_nll(model: VAE, images: Tensor, samples: int, noise: torch.Generator) -> Tensor:
+def _iwae_nll(model: AnyVAE, images: Tensor, samples: int, noise: torch.Generator) -> Tensor:
     """Many draws are split into groups; each group's log-mean-exp is recovered from
     `iwae_with` and the groups are merged exactly with one more logsumexp."""
     device = _device(model)
@@ -141,7 +143,7 @@ class LikelihoodSums:
 
 @torch.inference_mode()
 def likelihood_sums(
-    model: VAE,
+    model: AnyVAE,
     images: Tensor,
     plan: EvalPlan,
     seed: int = 0,
@@ -178,5 +180,5 @@ def metrics_from(sums: LikelihoodSums, plan: EvalPlan) -> dict[str, float]:
     }
 
 
-def _device(model: VAE) -> torch.device:
+def _device(model: AnyVAE) -> torch.device:
     return next(model.parameters()).device

@@ -11,16 +11,25 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F  # noqa: N812  (the PyTorch convention)
 from torch import Tensor, nn
 
-Architecture = Literal["mlp", "conv"]
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    from training.spatial import SpatialVAE
+
+    AnyVAE: TypeAlias = "VAE | SpatialVAE"  # every network `build_model` makes
+
+# "spatial": fully convolutional, a latent map and an anomaly map head (`training.spatial`)
+Architecture = Literal["mlp", "conv", "spatial"]
 Likelihood = Literal["bernoulli", "gaussian"]
-# "-ic": corrected for input complexity (see `VAE.complexity_nll`)
-ScoreKind = Literal["nelbo", "iwae", "recon", "nelbo-ic", "iwae-ic", "recon-ic"]
+# "-ic": corrected for input complexity (see `VAE.complexity_nll`); "map": the largest
+# value of the spatial model's smoothed anomaly map
+ScoreKind = Literal["nelbo", "iwae", "recon", "nelbo-ic", "iwae-ic", "recon-ic", "map"]
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -39,6 +48,21 @@ class ModelConfig:
     score: ScoreKind = "nelbo-ic"
     score_samples: int = 1
     score_seed: int = 0
+    # spatial only: the image size it takes, and how it trains and smooths its map
+    work_size: tuple[int, int] | None = None  # (height, width); None: image_size squared
+    latent_channels: int = 8  # per 8x8 cell; latent_dim is then the whole map's size
+    crop: int = 64  # training crop side
+    crops_per_image: int = 2
+    map_hidden: tuple[int, ...] = (16, 32, 64)  # the map head's U-Net widths
+    map_sigma: float = 4.0  # px of Gaussian smoothing of the anomaly map
+
+    @property
+    def image_height(self) -> int:
+        return self.work_size[0] if self.work_size else self.image_size
+
+    @property
+    def image_width(self) -> int:
+        return self.work_size[1] if self.work_size else self.image_size
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -46,8 +70,19 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, raw: dict) -> ModelConfig:
         raw = dict(raw)
-        raw["hidden"] = tuple(raw.get("hidden", cls.hidden))
+        for key in ("hidden", "map_hidden", "work_size"):
+            if raw.get(key) is not None:
+                raw[key] = tuple(raw[key])
         return cls(**raw)
+
+
+def build_model(config: ModelConfig) -> AnyVAE:
+    """The network `config` describes, with fresh weights."""
+    if config.architecture == "spatial":
+        from training.spatial import SpatialVAE  # it builds on this module
+
+        return SpatialVAE(config)
+    return VAE(config)
 
 
 @dataclass

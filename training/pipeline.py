@@ -14,9 +14,9 @@ import copy
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -24,10 +24,11 @@ from app.artifact import Calibration
 from training import distributed
 from training.budget import Budget
 from training.calibrate import calibrate, score_images
-from training.config import TrainConfig
-from training.data import load_images
+from training.config import DEFAULT_WORK_SIDE, TrainConfig
+from training.data import load_images, native_size
 from training.dataset import ImageSet, fingerprint, select_classes, split
 from training.distributed import ALONE, World
+from training.errors import ConfigError, DataError
 from training.export import build_metadata, export_artifact
 from training.metrics import (
     EvalPlan,
@@ -38,11 +39,16 @@ from training.metrics import (
     metrics_from,
     plan_evaluation,
 )
-from training.model import VAE, ModelConfig
+from training.model import ModelConfig
 from training.progress import ProgressMeter
+from training.selection import choose_map_sigma
+from training.spatial import SpatialVAE
 from training.train import Log, TrainResult, resolve_device, train
 
 METRICS_FILE = "metrics.json"
+
+if TYPE_CHECKING:
+    from training.model import AnyVAE
 
 
 @dataclass(frozen=True)
@@ -50,11 +56,12 @@ class PreparedData:
     train: ImageSet
     val: ImageSet  # drives best-checkpoint selection and the calibration
     fingerprint: str  # of the training split
+    work_size: tuple[int, int] | None = None  # (height, width) a spatial model works at
 
 
 @dataclass(frozen=True)
 class FitResult:
-    model: VAE  # the best weights, on the CPU, eval mode
+    model: AnyVAE  # the best weights, on the CPU, eval mode
     model_config: ModelConfig
     artifact: Path
     metrics: dict[str, float]
@@ -62,13 +69,36 @@ class FitResult:
 
 
 def prepare_data(config: TrainConfig, images: ImageSet | None = None) -> PreparedData:
-    """Load `config.data` (or take `images`), keep `config.classes`, split deterministically."""
+    """Load `config.data` (or take `images`), keep `config.classes`, split deterministically.
+    A spatial model's images are loaded at its working size (`working_size`)."""
+    size = None
+    if config.architecture == "spatial":
+        native = native_size(config.data) if images is None else tuple(images.images.shape[2:])
+        size = working_size(config, (int(native[0]), int(native[1])))
     if images is None:
-        images = load_images(config.data, config.image_size, config.channels)
+        images = load_images(config.data, size or config.image_size, config.channels)
+    elif size is not None and tuple(images.images.shape[2:]) != size:
+        raise DataError(f"images of {tuple(images.images.shape[2:])} px, expected {size}")
     if config.classes is not None:
         images = select_classes(images, config.classes)
     train_set, val_set = split(images, config.val_fraction, config.seed)
-    return PreparedData(train_set, val_set, fingerprint(train_set))
+    return PreparedData(train_set, val_set, fingerprint(train_set), size)
+
+
+def working_size(config: TrainConfig, native: tuple[int, int]) -> tuple[int, int]:
+    """(height, width) a spatial model works at: the data's `native` size scaled so that
+    its long side is `--image-size` (0: its own, at most `DEFAULT_WORK_SIDE`), each side
+    rounded to a multiple of the model's stride, and at least the training crop."""
+    stride = 2 ** len(config.hidden)
+    long_side = config.image_size or min(max(native), DEFAULT_WORK_SIDE)
+    scale = long_side / max(native)
+    size = tuple(max(stride, round(side * scale / stride) * stride) for side in native)
+    if min(size) < config.crop:
+        raise ConfigError(
+            f"--crop {config.crop} does not fit in the working size {size[0]}x{size[1]}; "
+            "choose a smaller --crop or a larger --image-size"
+        )
+    return (size[0], size[1])
 
 
 def fit_and_export(
@@ -154,7 +184,7 @@ def fit(
 ) -> TrainResult:
     """Train on `data.train`, keeping the weights that do best on `data.val`."""
     log(f"training on {len(data.train)} images, validating on {len(data.val)}")
-    model_config = config.model_config(data.train.channels)
+    model_config = config.model_config(data.train.channels, data.work_size)
     return train(config, model_config, data.train, data.val, data.fingerprint, log, world, budget)
 
 
@@ -209,8 +239,10 @@ def export(
     world_size: int = 1,
 ) -> FitResult:
     """Calibrate the trained model's score, export and verify the artifact."""
-    model_config = config.model_config(data.train.channels)
+    model_config = config.model_config(data.train.channels, data.work_size)
     model = copy.deepcopy(result.model).cpu()  # the artifact and its calibration run on CPU
+    if isinstance(model, SpatialVAE):
+        model_config, metrics = _choose_smoothing(config, data, model, model_config, metrics, log)
     scores = score_images(model.score, data.val.images)
     calibration = calibrate(scores, model_config, config.threshold_quantile)
     metadata = build_metadata(
@@ -226,6 +258,24 @@ def export(
     )
     write_json(config.checkpoint_path / METRICS_FILE, {"name": config.run_name, **metrics})
     return FitResult(model, model_config, artifact, metrics, calibration)
+
+
+def _choose_smoothing(
+    config: TrainConfig,
+    data: PreparedData,
+    model: SpatialVAE,
+    model_config: ModelConfig,
+    metrics: dict[str, float],
+    log: Log,
+) -> tuple[ModelConfig, dict[str, float]]:
+    """--map-sigma as given, or chosen on the validation images with synthetic defects."""
+    if config.map_sigma is not None:
+        return model_config, metrics
+    choice = choose_map_sigma(model, data.val.images, config.seed)
+    table = ", ".join(f"{sigma:g} px {100 * value:.1f}%" for sigma, value in choice.auroc.items())
+    log(f"map smoothing: {choice.sigma:g} px (validation AUROC on synthetic defects: {table})")
+    chosen = {"map_sigma": choice.sigma, "val_synthetic_auroc": choice.auroc[choice.sigma]}
+    return replace(model_config, map_sigma=choice.sigma), metrics | chosen
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> Path:

@@ -16,6 +16,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -29,15 +30,18 @@ from training.dataset import ImageSet
 from training.distributed import ALONE, Log, World
 from training.errors import CheckpointError, ConfigError
 from training.metrics import ELBO_SAMPLES, bits_per_dim, format_seconds, negative_elbo
-from training.model import VAE, LossWeights, ModelConfig
+from training.model import LossWeights, ModelConfig, build_model
 from training.progress import ProgressMeter
 
 MIN_LR_FACTOR = 0.01  # the cosine schedule ends at 1% of --lr, not at zero
 
+if TYPE_CHECKING:
+    from training.model import AnyVAE
+
 
 @dataclass
 class TrainResult:
-    model: VAE  # the best weights (lowest validation negative ELBO), eval mode
+    model: AnyVAE  # the best weights (lowest validation negative ELBO), eval mode
     best_epoch: int
     best_val_nelbo: float
     epochs: int  # epochs completed in all, counting those before a --resume
@@ -62,6 +66,7 @@ class EpochStats:
     recon: float
     kl: float
     images: int
+    map: float = 0.0  # the spatial model's anomaly map head loss (`training.spatial`)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -85,16 +90,18 @@ def cosine_lr(fraction: float, base: float) -> float:
 
 def loss_terms(
     model: nn.Module, x: Tensor, weights: LossWeights, warmup: float
-) -> tuple[Tensor, Tensor, Tensor]:
-    """(loss, mean reconstruction nll, mean KL) for one batch of a VAE (or DDP around one);
-    `warmup` is the KL warm-up factor in [0, 1]."""
-    recon, kl, _ = model(x)  # (N,), (N, D)
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(loss, mean reconstruction nll, mean KL, mean map-head loss) for one batch of a VAE
+    (or DDP around one); `warmup` is the KL warm-up factor in [0, 1]. A spatial model
+    also returns its anomaly map head's loss (`training.spatial`); other models' is 0."""
+    recon, kl, _, *rest = model(x)  # (N,), (N, D)[, (N,)]
     kl_per_dim = kl.mean(0)  # (D,)
     # Free bits (Kingma et al. 2016): a dimension below the floor gets no KL gradient,
     # so the encoder can start using it before the prior pulls it back to N(0, 1).
     kl_term = kl_per_dim.clamp(min=weights.free_bits).sum()
-    loss = recon.mean() + weights.beta * warmup * kl_term
-    return loss, recon.mean(), kl_per_dim.sum()
+    map_term = rest[0].mean() if rest else recon.new_zeros(())
+    loss = recon.mean() + weights.beta * warmup * kl_term + map_term
+    return loss, recon.mean(), kl_per_dim.sum(), map_term
 
 
 def train(
@@ -118,7 +125,7 @@ def train(
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)  # the initial weights
-    model = VAE(model_config).to(world.rank_device(resolve_device(config.device)))
+    model = build_model(model_config).to(world.rank_device(resolve_device(config.device)))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     progress = Progress()
     if config.resume:  # every rank loads the same checkpoint
@@ -198,14 +205,16 @@ def train(
 def describe_loss(stats: EpochStats, config: TrainConfig, warmup: float) -> str:
     """The epoch's loss as the sum it is, and why the KL's weight is not simply beta
     while the warm-up (`warmup`: its factor when the epoch began) is on: the loss is
-    recon + beta * warm-up * KL (floored by free bits)."""
-    term = stats.loss - stats.recon  # the KL as the loss counted it
+    recon + beta * warm-up * KL (floored by free bits) [+ the anomaly map head's loss]."""
+    term = stats.loss - stats.recon - stats.map  # the KL as the loss counted it
     line = f"loss {stats.loss:.2f} = recon {stats.recon:.2f} + "
     if config.free_bits > 0:
         line += f"kl term {term:.2f} (kl {stats.kl:.2f}, free bits {config.free_bits:g}/dim)"
     else:
         weight = term / stats.kl if stats.kl > 0 else config.beta * warmup
         line += f"{weight:.2f} x kl {stats.kl:.2f}"
+    if stats.map:
+        line += f" + map {stats.map:.2f}"
     if warmup < 1.0:
         line += f" (KL warm-up: the weight rises to beta={config.beta:g})"
     return line
@@ -234,7 +243,7 @@ def _train_epoch(
     cut short when the pace says the time is up."""
     model.train()
     torch.manual_seed(config.seed * 1_000_003 + epoch)
-    sums, count = torch.zeros(3, device=images.device), 0
+    sums, count = torch.zeros(4, device=images.device), 0
     order = world.shard(torch.randperm(len(images), device=images.device))
     batches = order.split(world.local_batch(config.batch_size))
     world.seed_rank(config.seed * 1_000_003 + epoch)  # one shuffle for all, noise per rank
@@ -243,12 +252,12 @@ def _train_epoch(
         x = shift_augment(images[index], config.augment_shift)  # (B, C, H, W)
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(pace.fraction(progress.step), config.lr)
-        loss, recon, kl = loss_terms(model, x, weights, pace.kl_weight(progress.step))
+        loss, recon, kl, map_term = loss_terms(model, x, weights, pace.kl_weight(progress.step))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         progress.step += 1
-        sums += torch.stack([loss, recon, kl]).detach() * len(x)
+        sums += torch.stack([loss, recon, kl, map_term]).detach() * len(x)
         count += len(x)
         meter.update(len(x))
         if meter.terminal and progress.step % 20 == 0:  # .tolist() waits for the GPU
@@ -257,5 +266,5 @@ def _train_epoch(
         if pace.due(progress.step) and pace.sync(progress.step):
             break
     meter.close()
-    loss_mean, recon_mean, kl_mean = (sums / max(count, 1)).tolist()
-    return EpochStats(loss_mean, recon_mean, kl_mean, count)
+    loss_mean, recon_mean, kl_mean, map_mean = (sums / max(count, 1)).tolist()
+    return EpochStats(loss_mean, recon_mean, kl_mean, count, map_mean)

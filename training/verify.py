@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -20,7 +21,7 @@ from torch import Tensor
 import app
 from training.calibrate import score_images
 from training.errors import ExportError
-from training.model import VAE
+from training.spatial import SpatialVAE
 
 RTOL, ATOL = 1e-4, 1e-4
 CHECK_BATCH = 16
@@ -58,14 +59,19 @@ outputs = {
     "score": (module.score(x), (n,)),
     "pixel_nll": (module.pixel_nll(x), (n, *shape)),
 }
+if hasattr(module, "anomaly_map"):
+    outputs["anomaly_map"] = (module.anomaly_map(x), (n, 1, *shape[1:]))
 for name, (value, expected) in outputs.items():
     if tuple(value.shape) != expected or not bool(torch.isfinite(value).all()):
         sys.exit(f"{name} returned shape {tuple(value.shape)}, expected finite {expected}")
 print("ok")
 """
 
+if TYPE_CHECKING:
+    from training.model import AnyVAE
 
-def check_matches_eager(model: VAE, loaded: torch.jit.ScriptModule, images: Tensor) -> None:
+
+def check_matches_eager(model: AnyVAE, loaded: torch.jit.ScriptModule, images: Tensor) -> None:
     """Every artifact method, scripted vs eager, on the first images of a real batch."""
     x = images[:CHECK_BATCH].cpu()
     with torch.inference_mode():
@@ -78,6 +84,8 @@ def check_matches_eager(model: VAE, loaded: torch.jit.ScriptModule, images: Tens
             "elbo": (_seeded(model.elbo, x), _seeded(loaded.elbo, x)),
             "iwae": (_seeded(model.iwae, x), _seeded(loaded.iwae, x)),
         }
+        if isinstance(model, SpatialVAE):
+            pairs["anomaly_map"] = (model.anomaly_map(x), loaded.anomaly_map(x))
     for name, (eager, scripted) in pairs.items():
         _require_close(eager, scripted, f"the artifact's {name} differs from the eager model")
 

@@ -55,11 +55,14 @@ def test_free_bits_floor_each_dimensions_batch_averaged_kl(tiny_config, syntheti
     x = synthetic.images[:8]
     with torch.no_grad():
         torch.manual_seed(1)
-        loss, recon, kl = loss_terms(model, x, LossWeights(beta=2.0, free_bits=100.0), warmup=1.0)
+        loss, recon, kl, map_term = loss_terms(
+            model, x, LossWeights(beta=2.0, free_bits=100.0), warmup=1.0
+        )
+        assert float(map_term) == 0.0  # only a spatial model has a map head
         assert float(kl) < 4 * 100.0  # every dimension sits below the floor...
         assert torch.isclose(loss - recon, torch.tensor(2.0 * 4 * 100.0))  # ...so pays it
         torch.manual_seed(1)
-        loss, recon, kl = loss_terms(model, x, LossWeights(beta=2.0), warmup=1.0)
+        loss, recon, kl, _ = loss_terms(model, x, LossWeights(beta=2.0), warmup=1.0)
         assert torch.isclose(loss, recon + 2.0 * kl)
 
 

@@ -1,0 +1,134 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from training.defects import draw_defect
+from training.model import ModelConfig, build_model
+from training.roc import auroc
+from training.spatial import SpatialVAE, gaussian_kernel, map_loss
+
+TINY = ModelConfig(
+    architecture="spatial",
+    channels=1,
+    image_size=32,
+    work_size=(32, 48),
+    latent_dim=8 * 8 * 12,
+    hidden=(8, 16),
+    likelihood="gaussian",
+    score="map",
+    latent_channels=8,
+    crop=16,
+    crops_per_image=2,
+    map_hidden=(8, 16),
+    map_sigma=1.0,
+)
+
+
+def tiny(config: ModelConfig = TINY) -> SpatialVAE:
+    torch.manual_seed(0)
+    model = build_model(config)
+    assert isinstance(model, SpatialVAE)
+    return model.eval()
+
+
+def test_every_artifact_method_takes_the_exported_size_and_returns_the_contract_shapes():
+    model, x = tiny(), torch.rand(3, 1, 32, 48)
+    assert model.latent_shape == [8, 8, 12] and model.latent_dim == 8 * 8 * 12
+    with torch.inference_mode():
+        mu, logvar = model.encode(x)
+        assert mu.shape == logvar.shape == (3, model.latent_dim)
+        assert model.decode(mu).shape == (3, 1, 32, 48)
+        assert model.elbo(x, 2).shape == model.iwae(x, 2).shape == model.score(x).shape == (3,)
+        assert model.pixel_nll(x).shape == (3, 1, 32, 48)
+        maps = model.anomaly_map(x)
+    assert maps.shape == (3, 1, 32, 48)
+    assert bool(((maps >= 0) & (maps <= 1)).all())
+
+
+def test_the_score_is_the_largest_value_of_the_smoothed_map():
+    model, x = tiny(), torch.rand(4, 1, 32, 48)
+    with torch.inference_mode():
+        assert torch.equal(model.score(x), model.anomaly_map(x).flatten(1).amax(1))
+
+
+def test_the_scripted_module_computes_what_the_eager_one_does():
+    model, x = tiny(), torch.rand(2, 1, 32, 48)
+    scripted = torch.jit.script(model)
+    with torch.inference_mode():
+        assert torch.allclose(scripted.anomaly_map(x), model.anomaly_map(x), atol=1e-6)
+        assert torch.allclose(scripted.encode(x)[0], model.encode(x)[0], atol=1e-6)
+
+
+def test_an_image_scores_the_same_alone_and_in_a_batch():
+    model, x = tiny(), torch.rand(5, 1, 32, 48)
+    with torch.inference_mode():
+        alone = model.score(x[2:3])
+        together = model.score(x)[2:3]
+    assert torch.allclose(alone, together, atol=1e-6)
+
+
+def test_smoothing_spreads_a_point_as_a_normalised_gaussian():
+    model = tiny()
+    model.map_sigma = 2.0
+    point = torch.zeros(1, 1, 31, 31)
+    point[0, 0, 15, 15] = 1.0
+    blurred = model.smooth(point)[0, 0]
+    assert float(blurred.sum()) == pytest.approx(1.0, abs=1e-5)
+    kernel = gaussian_kernel(2.0)
+    assert float(blurred[15, 15]) == pytest.approx(float(kernel.max() ** 2), rel=1e-5)
+    assert float(blurred[15, 17]) / float(blurred[15, 15]) == pytest.approx(
+        math.exp(-0.5), rel=1e-4
+    )
+
+
+def test_the_training_pass_returns_per_crop_terms_on_random_crops():
+    model = tiny().train()
+    torch.manual_seed(1)
+    recon, kl, mu, map_term = model(torch.rand(3, 1, 32, 48))
+    crops = 3 * TINY.crops_per_image
+    assert recon.shape == (crops,) and map_term.shape == (crops,)
+    assert kl.shape == (crops, TINY.latent_channels)
+    assert mu.shape == (crops, TINY.latent_channels, 4, 4)
+    assert bool((map_term > 0).all())
+
+
+def test_the_map_loss_is_lowest_when_the_map_points_at_the_mask():
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., 2:4, 2:4] = 1.0
+    right = map_loss((mask * 2 - 1) * 6, mask)
+    wrong = map_loss((1 - mask * 2) * 6, mask)
+    blind = map_loss(torch.full_like(mask, -6.0), mask)
+    assert float(right) < float(blind) < float(wrong)
+
+
+def stripes(count: int, seed: int) -> torch.Tensor:
+    """Normal images: vertical stripes of random phase and a little noise, (N, 1, 32, 48)."""
+    generator = torch.Generator().manual_seed(seed)
+    phase = torch.rand(count, 1, 1, 1, generator=generator) * 2 * math.pi
+    cols = torch.arange(48).view(1, 1, 1, 48).float()
+    base = 0.5 + 0.3 * torch.sin(cols * 0.8 + phase)
+    noise = 0.03 * torch.randn(count, 1, 32, 48, generator=generator)
+    return (base.expand(count, 1, 32, 48) + noise).clamp(0, 1)
+
+
+def test_after_brief_training_a_drawn_defect_raises_its_images_score():
+    torch.manual_seed(0)
+    model = build_model(TINY).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    normal = stripes(64, seed=0)
+    for step in range(400):
+        recon, kl, _, map_term = model(normal[(step * 8) % 64 : (step * 8) % 64 + 8])
+        loss = (recon + kl.sum(1) + map_term).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    clean = stripes(16, seed=1)
+    rng = np.random.default_rng(0)
+    pixels = clean.permute(0, 2, 3, 1).numpy()
+    holes = np.stack([draw_defect(p, "missing", rng).image for p in pixels])
+    defective = torch.from_numpy(holes).permute(0, 3, 1, 2)
+    with torch.inference_mode():
+        assert auroc(model.score(clean), model.score(defective)) > 0.8

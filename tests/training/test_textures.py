@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+import torch
+
+from app.preprocessing import preprocessing_for
+from training.defects import KINDS
+from training.textures import (
+    Scores,
+    brightness_baseline,
+    build_texture_set,
+    measure,
+    model_input,
+    pca_baseline,
+    photograph,
+    pixel_auroc,
+)
+
+
+@pytest.fixture(scope="module")
+def brick():
+    return build_texture_set("brick", size=32, train=24, normal=12, per_kind=2)
+
+
+def test_the_set_holds_normal_crops_and_one_masked_defect_per_defective_crop(brick):
+    assert brick.train.shape == (24, 1, 32, 32)
+    assert brick.normal.shape == (12, 1, 32, 32)
+    assert brick.defective.shape == (2 * len(KINDS), 1, 32, 32)
+    assert brick.masks.shape == (2 * len(KINDS), 32, 32) and bool(brick.masks.any(dim=(1, 2)).all())
+    assert sorted(set(brick.kinds)) == sorted(KINDS)
+    on_8_bits = brick.defective * 255
+    assert torch.equal(on_8_bits, on_8_bits.round())  # as an 8-bit upload would hold them
+
+
+def test_no_test_crop_comes_from_the_training_region(brick):
+    photo = photograph("brick")[:, :, 0]
+    split = round(photo.shape[0] * 5 / 8)
+    for crop in brick.normal[:4, 0].numpy():
+        corners = zip(*np.nonzero(np.abs(photo[:-31, :-31] - crop[0, 0]) <= 1 / 255), strict=True)
+        rows = [
+            row
+            for row, col in corners
+            if np.allclose(photo[row : row + 32, col : col + 32], crop, atol=1 / 255)
+        ]
+        assert rows and min(rows) >= split
+
+
+def test_the_pixel_auroc_of_the_mask_itself_is_one_and_of_its_opposite_zero(brick):
+    mask = brick.masks.float()
+    empty = torch.zeros_like(brick.normal[:, 0])
+    assert pixel_auroc(empty, mask, brick.masks) == 1.0
+    assert pixel_auroc(empty + 1, 1 - mask, brick.masks) == 0.0
+
+
+def test_a_perfect_detector_measures_perfect_figures(brick):
+    scores = Scores(
+        normal=torch.zeros(len(brick.normal)),
+        defective=torch.ones(len(brick.defective)),
+        normal_maps=torch.zeros_like(brick.normal[:, 0]),
+        defective_maps=brick.masks.float(),
+        threshold=0.5,
+    )
+    result = measure("oracle", scores, brick)
+    assert result.image_auroc == result.pixel_auroc == 1.0
+    assert result.recall == 1.0 and result.false_alarm_rate == 0.0
+    assert set(result.per_kind) == set(KINDS)
+
+
+@pytest.mark.parametrize("baseline", [brightness_baseline, pca_baseline])
+def test_the_baselines_score_every_image_and_pixel(brick, baseline):
+    scores = baseline(brick)
+    assert scores.normal.shape == (12,) and scores.defective.shape == (2 * len(KINDS),)
+    assert scores.defective_maps.shape == brick.masks.shape
+    assert 0.0 <= measure("baseline", scores, brick).image_auroc <= 1.0
+
+
+def test_model_input_resizes_through_the_services_preprocessing(brick):
+    resized = model_input(brick.normal[:2], preprocessing_for(1), (16, 16))
+    assert resized.shape == (2, 1, 16, 16)

@@ -1,0 +1,192 @@
+"""Runs the texture benchmark (`training.textures`) and writes its tables and figure.
+
+Per texture, in one run on one machine: the two pixel baselines, the whole-image VAE
+the README's colour example trains, and the inspection preset, each through the real
+training pipeline and its exported artifact, scored as the service would score them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from app.artifact import load_artifact
+from app.preprocessing import preprocessing_for
+from training.config import TrainConfig
+from training.dataset import ImageSet
+from training.defects import KINDS
+from training.pipeline import fit_and_export, prepare_data
+from training.presets import preset_values
+from training.textures import (
+    Result,
+    Scores,
+    TextureSet,
+    artifact_scores,
+    brightness_baseline,
+    build_texture_set,
+    measure,
+    model_input,
+    pca_baseline,
+)
+from training.train import Log
+
+WHOLE_IMAGE_SIZE = 64
+FIGURE_EXAMPLES = 4  # defective crops per texture in the figure
+
+
+@dataclass(frozen=True)
+class TextureRun:
+    texture: str
+    results: list[Result]
+    seconds: float
+    examples: np.ndarray  # (rows of input | mask | heat map), uint8 RGB, for the figure
+
+
+def inspection_config(name: str, work_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
+    """The inspection preset as shipped, with `overrides` (e.g. a shorter time budget)."""
+    values = preset_values("inspection") | overrides
+    return TrainConfig(
+        data=name,
+        preset="inspection",
+        name=f"{name}-inspection",
+        checkpoint_dir=str(work_dir / name / "inspection-runs"),
+        out=str(work_dir / name / "inspection"),
+        **values,
+    ).validate()
+
+
+def whole_image_config(name: str, work_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
+    """What the README's colour example trains: the default conv VAE at 64 px, Gaussian."""
+    return TrainConfig(
+        data=name,
+        name=f"{name}-whole",
+        image_size=WHOLE_IMAGE_SIZE,
+        likelihood="gaussian",
+        checkpoint_dir=str(work_dir / name / "whole-runs"),
+        out=str(work_dir / name / "whole"),
+        **overrides,
+    ).validate()
+
+
+def run_texture(
+    name: str,
+    work_dir: Path,
+    inspection: dict[str, Any],
+    whole: dict[str, Any],
+    log: Log = print,
+    isolated_check: bool = True,
+) -> TextureRun:
+    started = time.monotonic()
+    data = build_texture_set(name)
+    log(
+        f"--- {name}: {len(data.train)} training crops, {len(data.normal)} normal and "
+        f"{len(data.defective)} defective test crops ---"
+    )
+    results = [
+        measure("brightness", brightness_baseline(data), data),
+        measure("pca", pca_baseline(data), data),
+    ]
+    whole_scores = _fit_and_score(
+        whole_image_config(name, work_dir, whole), data, log, isolated_check, resize=True
+    )
+    results.append(measure("whole-image VAE", whole_scores, data))
+    ours = _fit_and_score(inspection_config(name, work_dir, inspection), data, log, isolated_check)
+    results.append(measure("inspection", ours, data))
+    for result in results:
+        log(
+            f"{name} {result.method}: image AUROC {100 * result.image_auroc:.1f}, "
+            f"pixel AUROC {100 * result.pixel_auroc:.1f}"
+        )
+    return TextureRun(name, results, time.monotonic() - started, _examples(data, ours))
+
+
+def _fit_and_score(
+    config: TrainConfig, data: TextureSet, log: Log, isolated_check: bool, resize: bool = False
+) -> Scores:
+    train = data.train
+    if resize:  # the whole-image model sees its images at its own size, as served
+        size = (config.image_size, config.image_size)
+        train = model_input(train, preprocessing_for(train.shape[1]), size)
+    prepared = prepare_data(config, ImageSet(train))
+    fit = fit_and_export(config, prepared, log, isolated_check)
+    module, metadata = load_artifact(fit.artifact)
+    return artifact_scores(module, metadata, data)
+
+
+def _examples(data: TextureSet, scores: Scores) -> np.ndarray:
+    """Rows of (input, mask, heat map) for the defective crops with the highest map peaks."""
+    rows = []
+    picks = [data.kinds.index(kind) for kind in KINDS[:FIGURE_EXAMPLES]]
+    for index in picks:
+        crop = data.defective[index].permute(1, 2, 0).numpy()
+        crop = np.repeat(crop, 3, axis=2) if crop.shape[2] == 1 else crop
+        mask = np.repeat(data.masks[index].numpy()[:, :, None], 3, axis=2).astype(np.float32)
+        heat = scores.defective_maps[index].numpy()
+        heat = (heat - heat.min()) / max(float(heat.max() - heat.min()), 1e-6)
+        heat_rgb = np.stack([heat, heat**2, 1 - heat], axis=2) * 0.6 + crop * 0.4
+        rows.append(np.concatenate([crop, mask, heat_rgb], axis=1))
+    return (np.concatenate(rows, axis=0) * 255).round().astype(np.uint8)
+
+
+def markdown(runs: list[TextureRun]) -> str:
+    """The summary table (image and pixel AUROC per method), then per defect kind."""
+    methods = [r.method for r in runs[0].results]
+    head = "| texture | " + " | ".join(f"{m} image / pixel" for m in methods) + " |"
+    lines = [head, "|---|" + "---:|" * len(methods)]
+    for run in runs:
+        cells = [f"{100 * r.image_auroc:.1f} / {100 * r.pixel_auroc:.1f}" for r in run.results]
+        lines.append(f"| {run.texture} | " + " | ".join(cells) + " |")
+    means = [
+        (
+            np.mean([run.results[i].image_auroc for run in runs]),
+            np.mean([run.results[i].pixel_auroc for run in runs]),
+        )
+        for i in range(len(methods))
+    ]
+    lines.append(
+        "| **mean** | " + " | ".join(f"**{100 * a:.1f} / {100 * b:.1f}**" for a, b in means) + " |"
+    )
+    lines += [
+        "",
+        "| texture | " + " | ".join(KINDS) + " | recall | false alarms |",
+        "|---|" + "---:|" * (len(KINDS) + 2),
+    ]
+    for run in runs:
+        ours = run.results[-1]
+        kinds = " | ".join(f"{100 * ours.per_kind[k]:.1f}" for k in KINDS)
+        recall = "" if ours.recall is None else f"{100 * ours.recall:.1f}%"
+        far = "" if ours.false_alarm_rate is None else f"{100 * ours.false_alarm_rate:.1f}%"
+        lines.append(f"| {run.texture} | {kinds} | {recall} | {far} |")
+    return "\n".join(lines)
+
+
+def write_report(runs: list[TextureRun], directory: Path, settings: dict[str, Any]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "textures.md").write_text(markdown(runs) + "\n")
+    payload = {
+        "settings": settings,
+        "textures": {
+            run.texture: {"seconds": run.seconds, "results": [asdict(r) for r in run.results]}
+            for run in runs
+        },
+    }
+    (directory / "textures.json").write_text(json.dumps(payload, indent=2) + "\n")
+    figure = np.concatenate([run.examples for run in runs], axis=1)
+    Image.fromarray(figure).save(directory / "textures.png")
+    return directory
+
+
+def run_textures(
+    names: tuple[str, ...],
+    work_dir: Path,
+    inspection: dict[str, Any],
+    whole: dict[str, Any],
+    log: Log = print,
+) -> list[TextureRun]:
+    return [run_texture(name, work_dir, inspection, whole, log) for name in names]
