@@ -38,6 +38,7 @@ FORMAT_VERSION = 1
 MODEL_FILE = "model.pt"
 METADATA_FILE = "model.json"
 METHODS = ("encode", "decode", "elbo", "iwae", "score", "pixel_nll")
+MAP_METHOD = "anomaly_map"  # required when calibration.score is "map"
 
 
 class ArtifactError(Exception):
@@ -112,6 +113,11 @@ class ModelMetadata(BaseModel):
     def image_shape(self) -> tuple[int, int, int]:
         return (self.channels, self.height, self.width)
 
+    @property
+    def calibrated_map(self) -> bool:
+        """Whether the heat map (`anomaly_map`) is on the score's scale, threshold included."""
+        return self.calibration.score == "map"
+
 
 def save_artifact(module: torch.nn.Module, metadata: ModelMetadata, directory: Path) -> Path:
     """Script `module`, write `model.pt` and `model.json` into `directory`."""
@@ -166,7 +172,8 @@ def load_artifact(
     except Exception as exc:  # TorchScript raises RuntimeError and friends for corrupt files
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ArtifactError(f"{path}: not a loadable TorchScript file ({reason})") from None
-    missing = [m for m in METHODS if not hasattr(module, m)]
+    required = (*METHODS, MAP_METHOD) if metadata.calibrated_map else METHODS
+    missing = [m for m in required if not hasattr(module, m)]
     if missing:
         raise ArtifactError(f"{path}: lacks the artifact methods {missing}")
     return module.eval(), metadata

@@ -14,9 +14,7 @@ Input policy (every step taken is reported per image in the response's `conversi
 - Values: uint8 x `Preprocessing.scale`, clamped to `Preprocessing.pixel_range`.
 
 Output: model images become 8-bit PNG (compress level 1: encoding speed over bytes);
-heat maps are per-pixel negative log-likelihood summed over channels and min-max
-normalised per image (white = least likely), so they compare regions within one image,
-not images with each other.
+heat maps are drawn by `app.heatmaps`.
 """
 
 from __future__ import annotations
@@ -39,7 +37,8 @@ from app.errors import (
     RequestTimeoutError,
     UnsupportedModeError,
 )
-from app.preprocessing import SUPPORTED_MODES, to_pixels, to_tensor
+from app.heatmaps import render
+from app.preprocessing import SUPPORTED_MODES, to_size, to_tensor, to_upright
 
 FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
 PNG_COMPRESS_LEVEL = 1
@@ -49,6 +48,9 @@ PNG_COMPRESS_LEVEL = 1
 class DecodedImages:
     tensor: torch.Tensor  # (N, C, H, W) float32 in the model's pixel range
     conversions: list[list[str]]  # per image: what was changed to fit the model
+    # per image, when asked for: the upload upright in the model's mode, at its own size
+    # (uint8 (H, W) or (H, W, 3)): what heat maps are drawn over
+    originals: list[np.ndarray] | None = None
 
 
 def decode_base64(text: str, where: str) -> bytes:
@@ -68,24 +70,39 @@ def load_images(
     max_pixels: int,
     deadline: float | None = None,
     names: Sequence[str] | None = None,
+    keep_originals: bool = False,
 ) -> DecodedImages:
-    """Decode and convert every upload (`str` = base64); errors name the image (`names[i]`)."""
-    arrays, conversions = [], []
+    """Decode and convert every upload (`str` = base64); errors name the image (`names[i]`).
+    With `keep_originals`, each upload is also kept upright at its own size."""
+    arrays, conversions, originals = [], [], []
     for index, blob in enumerate(blobs):
         if deadline is not None and time.monotonic() > deadline:
             raise RequestTimeoutError("the request's deadline passed while decoding its images")
         where = names[index] if names is not None else f"images[{index}]"
         data = decode_base64(blob, where) if isinstance(blob, str) else blob
-        array, notes = load_image(data, metadata, max_pixels=max_pixels, where=where)
-        arrays.append(array)
-        conversions.append(notes)
-    return DecodedImages(to_tensor(np.stack(arrays), metadata.preprocessing), conversions)
+        decoded = load_image(
+            data, metadata, max_pixels=max_pixels, where=where, original=keep_originals
+        )
+        arrays.append(decoded.pixels)
+        conversions.append(decoded.notes)
+        originals.append(decoded.original)
+    tensor = to_tensor(np.stack(arrays), metadata.preprocessing)
+    kept = [o for o in originals if o is not None] if keep_originals else None
+    return DecodedImages(tensor, conversions, kept)
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    pixels: np.ndarray  # uint8 at the model's size
+    notes: list[str]
+    original: np.ndarray | None  # uint8 upright at the upload's size, when asked for
 
 
 def load_image(
-    data: bytes, metadata: ModelMetadata, *, max_pixels: int, where: str
-) -> tuple[np.ndarray, list[str]]:
-    """One upload -> uint8 array (H, W) or (H, W, C) at the model's size, and its notes."""
+    data: bytes, metadata: ModelMetadata, *, max_pixels: int, where: str, original: bool = False
+) -> DecodedImage:
+    """One upload -> uint8 array (H, W) or (H, W, C) at the model's size, its notes, and
+    with `original` the upload upright in the model's mode at its own size."""
     try:
         image = Image.open(io.BytesIO(data), formats=FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -103,8 +120,10 @@ def load_image(
             )
         try:  # Pillow's decoders raise many types on hostile input: all mean a bad image
             image.load()
-            size = (metadata.width, metadata.height)
-            return to_pixels(image, metadata.preprocessing.color_mode, size)
+            upright, notes = to_upright(image, metadata.preprocessing.color_mode)
+            pixels, resized = to_size(upright, (metadata.width, metadata.height))
+            kept = np.array(upright, dtype=np.uint8) if original else None
+            return DecodedImage(pixels, notes + resized, kept)
         except Exception:
             raise InvalidImageError(f"{where}: the image data is corrupt or truncated") from None
 
@@ -128,15 +147,6 @@ def images_to_base64_png(images: torch.Tensor) -> list[str]:
     return [_png(pixels) for pixels in _to_uint8(images)]
 
 
-def heatmaps_to_base64_png(pixel_nll: torch.Tensor) -> list[str]:
-    """(N, C, H, W) nats -> N greyscale PNGs, channel-summed and min-max scaled per image."""
-    per_pixel = pixel_nll.sum(dim=1, keepdim=True)  # (N, 1, H, W)
-    low = per_pixel.amin(dim=(2, 3), keepdim=True)
-    span = per_pixel.amax(dim=(2, 3), keepdim=True) - low
-    scaled = (per_pixel - low) / torch.where(span > 0, span, torch.ones_like(span))
-    return images_to_base64_png(scaled)
-
-
 def warm_up_codecs(metadata: ModelMetadata) -> DecodedImages:
     """Encode one image of the model's shape as PNG and decode it back, before the
     first request; returns the decoded image.
@@ -145,6 +155,10 @@ def warm_up_codecs(metadata: ModelMetadata) -> DecodedImages:
     first-call paths: together ~5 ms that the first request after ready paid alone.
     """
     mid_grey = torch.full((1, *metadata.image_shape), 0.5)
-    heatmaps_to_base64_png(mid_grey)
     png = images_to_base64_png(mid_grey)
-    return load_images(png, metadata, max_pixels=metadata.height * metadata.width)
+    decoded = load_images(
+        png, metadata, max_pixels=metadata.height * metadata.width, keep_originals=True
+    )
+    assert decoded.originals is not None
+    render(mid_grey[:, :1], decoded.originals, 0.5 if metadata.calibrated_map else None)
+    return decoded

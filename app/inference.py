@@ -44,12 +44,12 @@ class Inference:
     async def score(
         self, images: torch.Tensor, context: RequestContext, *, heatmap: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(N, C, H, W) -> score (N,) and, when asked, pixel_nll (N, C, H, W)."""
+        """(N, C, H, W) -> score (N,) and, when asked, the heat map (N, 1, H, W)."""
         if not heatmap:
             (scores,) = await self._submit("score", images, context)
             return scores, None
-        scores, pixel_nll = await self._submit("score_heatmap", images, context)
-        return scores, pixel_nll
+        scores, heat = await self._submit("score_heatmap", images, context)
+        return scores, heat
 
     async def _submit(
         self, op: str, rows: torch.Tensor, context: RequestContext

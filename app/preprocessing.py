@@ -1,6 +1,7 @@
 """The one path from a decoded image to the model's input: training and serving both call it.
 
     to_pixels(image, color_mode, size)   PIL image -> uint8 (H, W) or (H, W, C), and notes
+    to_upright(image, color_mode)        the same before the resize (heat maps go over it)
     to_tensor(pixels, preprocessing)     uint8 (N, H, W[, C]) -> float32 (N, C, H, W)
 
 `to_pixels` takes, in this order:
@@ -55,13 +56,26 @@ def to_pixels(
 ) -> tuple[np.ndarray, list[str]]:
     """A decoded image -> uint8 (H, W) for `L` or (H, W, 3) for `RGB` at `size` (width,
     height), and what was changed to get there."""
+    upright, notes = to_upright(image, color_mode)
+    pixels, resized = to_size(upright, size)
+    return pixels, notes + resized
+
+
+def to_size(upright: Image.Image, size: tuple[int, int]) -> tuple[np.ndarray, list[str]]:
+    """The last step of `to_pixels`: an image from `to_upright` at `size` (width, height)."""
+    resized, notes = _resize(upright, size)
+    return np.array(resized, dtype=np.uint8), notes
+
+
+def to_upright(image: Image.Image, color_mode: str) -> tuple[Image.Image, list[str]]:
+    """Every step of `to_pixels` but the resize: the image as the model sees it, at the
+    upload's own (upright) size. Heat maps are drawn over this."""
     if image.mode not in SUPPORTED_MODES:
         raise UnsupportedModeError(f"mode {image.mode} is not supported")
     notes = ["used the first frame"] if getattr(image, "is_animated", False) else []
     image, turned = _upright(image)
     converted, converted_notes = _to_mode(image, color_mode)
-    resized, resized_notes = _resize(converted, size)
-    return np.array(resized, dtype=np.uint8), notes + turned + converted_notes + resized_notes
+    return converted, notes + turned + converted_notes
 
 
 def to_tensor(pixels: np.ndarray, preprocessing: Preprocessing) -> torch.Tensor:

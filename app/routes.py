@@ -27,7 +27,8 @@ from app.errors import (
     OutOfRangeError,
     TooManyImagesError,
 )
-from app.images import DecodedImages, heatmaps_to_base64_png, load_images
+from app.heatmaps import HeatMap, render
+from app.images import DecodedImages, load_images
 from app.inference import Inference
 from app.latents import draw_seed, interpolation_path, posterior_sample, prior_sample
 from app.openapi import error_responses
@@ -120,7 +121,11 @@ def verb(
 
 
 async def _load(
-    body: ImageBody[Any], model: Inference, settings: Settings, context: RequestContext
+    body: ImageBody[Any],
+    model: Inference,
+    settings: Settings,
+    context: RequestContext,
+    keep_originals: bool = False,
 ) -> DecodedImages:
     """Decode the uploads off the event loop (bounded by the request's deadline)."""
     context.items = len(body.images)
@@ -131,6 +136,7 @@ async def _load(
         max_pixels=settings.max_pixels,
         deadline=context.deadline,
         names=body.names,
+        keep_originals=keep_originals,
     )
     if sum(len(image) for image in body.images) <= INLINE_DECODE_BYTES:
         return job()
@@ -258,21 +264,25 @@ async def _endpoints(
 async def anomaly(call: Call, body: ImageBody[AnomalyRequest | AnomalyForm]) -> Response:
     """Score images against the calibration: score, threshold, percentile, heat map."""
     model, settings, context = call.model, call.settings, call.context
-    images = await _load(body, model, settings, context)
-    scores, pixel_nll = await model.score(images.tensor, context, heatmap=body.options.heatmap)
-    heatmaps: list[str | None] = [None] * len(scores)
-    if pixel_nll is not None:
-        heatmaps = list(await to_thread.run_sync(heatmaps_to_base64_png, pixel_nll))
+    wanted = body.options.heatmap
+    images = await _load(body, model, settings, context, keep_originals=wanted)
+    scores, maps = await model.score(images.tensor, context, heatmap=wanted)
     calibration = model.metadata.calibration
+    heatmaps: list[HeatMap | None] = [None] * len(scores)
+    if maps is not None and images.originals is not None:
+        threshold = calibration.threshold if model.metadata.calibrated_map else None
+        heatmaps = list(await to_thread.run_sync(render, maps, images.originals, threshold))
     results = [
         {
             "score": score,
             "threshold": calibration.threshold,
             "is_anomaly": score > calibration.threshold,
             "percentile": calibration.percentile(score),
-            "heatmap": heatmap,
+            "heatmap": None if heat is None else heat.raw,
+            "overlay": None if heat is None else heat.overlay,
+            "heatmap_scale": None if heat is None else heat.scale,
             "conversions": notes,
         }
-        for score, heatmap, notes in zip(scores.tolist(), heatmaps, images.conversions, strict=True)
+        for score, heat, notes in zip(scores.tolist(), heatmaps, images.conversions, strict=True)
     ]
     return OrjsonResponse({"results": results})

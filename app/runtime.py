@@ -5,7 +5,11 @@ Ops, each a batch of rows in and a tuple of per-row outputs out (all float32, on
     encode         images (N, C, H, W) -> mu (N, D), logvar (N, D)
     decode         latents (N, D)      -> x_mean (N, C, H, W)
     score          images (N, C, H, W) -> score (N,)
-    score_heatmap  images (N, C, H, W) -> score (N,), pixel_nll (N, C, H, W)
+    score_heatmap  images (N, C, H, W) -> score (N,), heat map (N, 1, H, W): the artifact's
+                   `anomaly_map` where it has one, else its channel-summed `pixel_nll`
+
+Image ops call the module on at most `PIXEL_BUDGET` pixels at a time: a batch of large
+images (an inspection model at 512 px) would otherwise hold activations of gigabytes.
 
 Every batch is padded up to its bucket (`app.buckets`); padded rows are computed and
 dropped. The runtime times every call per op and bucket (warm-up measures them all), and
@@ -34,6 +38,17 @@ logger = logging.getLogger("vae.runtime")
 OPS = ("encode", "decode", "score", "score_heatmap")
 WARMUP_PASSES = 2  # TorchScript's profiling executor optimises a graph after its first runs
 SCORE_ROWS = 128  # decoder rows per `score` call: rows x score_samples
+PIXEL_BUDGET = 1 << 20  # input pixels per module call of an image op
+
+
+Op = Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
+
+
+def _heat_map(module: torch.jit.ScriptModule) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The artifact's heat map, (N, 1, H, W): `anomaly_map`, else the summed `pixel_nll`."""
+    if hasattr(module, "anomaly_map"):
+        return module.anomaly_map
+    return lambda x: module.pixel_nll(x).sum(dim=1, keepdim=True)
 
 
 class StartupError(Exception):
@@ -75,16 +90,32 @@ class ModelRuntime:
         # `score` runs the decoder on rows x score_samples: past ~128 decoder rows a bigger
         # call only spills activations out of cache (per-image cost 6.5 ms at batch 8,
         # 12.7 ms at 64 unchunked), so it is called in chunks
-        chunk = max(1, SCORE_ROWS // metadata.calibration.score_samples)
+        pixels = metadata.height * metadata.width
+        per_call = max(1, PIXEL_BUDGET // pixels)
+        score_chunk = max(1, min(per_call, SCORE_ROWS // metadata.calibration.score_samples))
+        heat = _heat_map(module)
 
-        def score(x: torch.Tensor) -> torch.Tensor:
-            return torch.cat([module.score(part) for part in x.split(chunk)])
+        def chunked(method: Callable[[torch.Tensor], torch.Tensor], size: int) -> Op:
+            return lambda x: (torch.cat([method(part) for part in x.split(size)]),)
 
-        self._ops: dict[str, Callable[[torch.Tensor], tuple[torch.Tensor, ...]]] = {
-            "encode": lambda x: tuple(module.encode(x)),
-            "decode": lambda z: (module.decode(z),),
-            "score": lambda x: (score(x),),
-            "score_heatmap": lambda x: (score(x), module.pixel_nll(x)),
+        def encode(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            parts = [module.encode(part) for part in x.split(per_call)]
+            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+        score = chunked(module.score, score_chunk)
+        heat_op = chunked(heat, per_call)
+
+        def score_heatmap(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            (maps,) = heat_op(x)
+            if metadata.calibrated_map:  # its score is the map's peak: one pass, not two
+                return maps.flatten(1).amax(1), maps
+            return score(x)[0], maps
+
+        self._ops: dict[str, Op] = {
+            "encode": encode,
+            "decode": chunked(module.decode, per_call),
+            "score": score,
+            "score_heatmap": score_heatmap,
         }
 
     @classmethod

@@ -159,7 +159,9 @@ class InterpolateResponse(ImagesOut):
 
 # --- /anomaly --------------------------------------------------------------------------
 class AnomalyOptions(RequestModel):
-    heatmap: bool = Field(False, description="add a per-pixel heat map PNG per image")
+    heatmap: bool = Field(
+        False, description="add a heat map and an overlay PNG per image, at the upload's size"
+    )
 
 
 class AnomalyRequest(AnomalyOptions):
@@ -179,7 +181,21 @@ class AnomalyResult(BaseModel):
     threshold: float = Field(description="scores above this are anomalous")
     is_anomaly: bool
     percentile: float = Field(description="position of score within calibration, 0-100")
-    heatmap: str | None = Field(description="base64 PNG, white = least likely; or null")
+    heatmap: str | None = Field(
+        None,
+        description="base64 greyscale PNG of the heat map at the upload's size (long side at "
+        "most 2048); white = most anomalous; or null",
+    )
+    overlay: str | None = Field(
+        None,
+        description="base64 RGB PNG: the heat map's colours over the upload, same size; yellow "
+        "at or above the threshold (absolute scale); or null",
+    )
+    heatmap_scale: Literal["absolute", "relative"] | None = Field(
+        None,
+        description="absolute: grey = the map value, on the score's scale (inspection models); "
+        "relative: scaled within this image (other models)",
+    )
     conversions: list[str] = Field(description="what was changed to fit the model")
 
 

@@ -12,8 +12,8 @@ Each model of the repository appears as one v2 model per verb, `{name}.{verb}` (
     {name}.interpolate  start, end FP32 [1,D] latents or UINT8 [1,H,W,C] images
                         (steps, method)                 -> images, latents
     {name}.anomaly      images                          -> scores FP32 [N],
-                        is_anomaly BOOL [N], percentiles FP32 [N]; pixel_nll FP32
-                        [N,C,H,W] with heatmap=true
+                        is_anomaly BOOL [N], percentiles FP32 [N]; heatmap FP32
+                        [N,1,H,W] with heatmap=true (see `app.heatmaps` for its scale)
 
 A v2 request goes through the same version resolution, batcher, limits, deadline, keys
 and metrics as the native routes, and gives the same numbers for the same input. The
@@ -245,7 +245,7 @@ async def infer_anomaly(
     images = images_of(_input(request, "images"), model.metadata, settings.max_images)
     heatmap = _parameter(request, "heatmap", bool, False)
     context.items = len(images)
-    scores, pixel_nll = await model.score(images, context, heatmap=heatmap)
+    scores, maps = await model.score(images, context, heatmap=heatmap)
     calibration = model.metadata.calibration
     percentiles = [calibration.percentile(score) for score in scores.tolist()]
     outputs: Outputs = {
@@ -253,8 +253,8 @@ async def infer_anomaly(
         "is_anomaly": ("BOOL", (scores > calibration.threshold).numpy()),
         "percentiles": ("FP32", np.asarray(percentiles, dtype=np.float32)),
     }
-    if pixel_nll is not None:
-        outputs["pixel_nll"] = _fp32(pixel_nll)
+    if maps is not None:
+        outputs["heatmap"] = _fp32(maps)
     return outputs, {"threshold": calibration.threshold}
 
 
@@ -288,7 +288,7 @@ VERBS: dict[str, Verb] = {
             _spec("scores", "FP32", [-1]),
             _spec("is_anomaly", "BOOL", [-1]),
             _spec("percentiles", "FP32", [-1]),
-            _spec("pixel_nll", "FP32", [-1, *m.image_shape]),
+            _spec("heatmap", "FP32", [-1, 1, m.height, m.width]),
         ],
         infer_anomaly,
     ),

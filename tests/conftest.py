@@ -97,3 +97,54 @@ def make_artifact(tmp_path_factory: pytest.TempPathFactory):
         return made[seed]
 
     return make
+
+
+TINY_SPATIAL = ModelConfig(
+    architecture="spatial",
+    channels=1,
+    image_size=48,
+    work_size=(48, 64),
+    latent_dim=4 * 12 * 16,
+    hidden=(8, 16),
+    likelihood="gaussian",
+    score="map",
+    latent_channels=4,
+    crop=16,
+    crops_per_image=2,
+    map_hidden=(8, 16),
+    map_sigma=2.0,
+)
+
+
+@pytest.fixture(scope="session")
+def spatial_artifact_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real exported inspection model (`training.spatial`) of 64x48 images, a few
+    training steps on smooth random images, calibrated on its own map scores."""
+    from training.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(TINY_SPATIAL)
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(10):
+        images = torch.rand(4, 1, 48, 64) * 0.2 + 0.4
+        recon, kl, _, map_term = model(images)
+        loss = (recon + kl.sum(1) + map_term).mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    model.eval()
+    with torch.no_grad():
+        scores = model.score(torch.rand(40, 1, 48, 64) * 0.2 + 0.4)
+    metadata = tiny_metadata(model).model_copy(
+        update={
+            "name": "tiny-spatial",
+            "height": 48,
+            "width": 64,
+            "latent_dim": TINY_SPATIAL.latent_dim,
+            "likelihood": "gaussian",
+            "architecture": "spatial",
+            "calibration": calibrate(scores, TINY_SPATIAL, threshold_quantile=0.9),
+            "training": TINY_SPATIAL.to_dict(),
+        }
+    )
+    return save_artifact(model, metadata, tmp_path_factory.mktemp("spatial-artifact"))

@@ -20,7 +20,6 @@ from app.errors import (
 )
 from app.images import (
     decode_base64,
-    heatmaps_to_base64_png,
     images_to_base64_png,
     load_image,
     load_images,
@@ -36,7 +35,8 @@ def metadata(artifact_dir) -> ModelMetadata:
 
 
 def load(data: bytes, metadata: ModelMetadata, max_pixels: int = LIMIT):
-    return load_image(data, metadata, max_pixels=max_pixels, where="images[0]")
+    decoded = load_image(data, metadata, max_pixels=max_pixels, where="images[0]")
+    return decoded.pixels, decoded.notes
 
 
 def test_greyscale_png_of_the_model_size_is_unchanged(metadata, encode_file):
@@ -139,20 +139,6 @@ def test_png_output_round_trips(metadata):
 def test_rgb_output_is_an_rgb_png():
     (encoded,) = images_to_base64_png(torch.rand(1, 3, 8, 8))
     assert Image.open(io.BytesIO(base64.b64decode(encoded))).mode == "RGB"
-
-
-def test_heatmap_is_normalised_per_image():
-    nll = torch.stack([torch.linspace(0, 1, 16), torch.linspace(0, 100, 16)]).view(2, 1, 4, 4)
-    maps = [
-        np.array(Image.open(io.BytesIO(base64.b64decode(s)))) for s in heatmaps_to_base64_png(nll)
-    ]
-    assert np.array_equal(maps[0], maps[1])  # same shape of likelihood, any scale
-    assert maps[0].min() == 0 and maps[0].max() == 255
-
-
-def test_constant_heatmap_is_black():
-    (encoded,) = heatmaps_to_base64_png(torch.full((1, 1, 4, 4), 3.0))
-    assert np.array(Image.open(io.BytesIO(base64.b64decode(encoded)))).max() == 0
 
 
 def test_codec_warm_up_round_trips_an_image_of_the_models_shape(metadata):

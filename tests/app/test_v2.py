@@ -256,7 +256,7 @@ def test_kserve_rest_client_speaks_v2_and_gets_the_native_answers(server, upload
     results = native(server, "/anomaly", files=files(uploads), data={"heatmap": "true"})["results"]
     np.testing.assert_allclose(outputs["scores"], [r["score"] for r in results], rtol=1e-6)
     assert outputs["is_anomaly"].tolist() == [r["is_anomaly"] for r in results]
-    assert outputs["pixel_nll"].shape == (3, 1, 28, 28)
+    assert outputs["heatmap"].shape == (3, 1, 28, 28)
     encoded = {output.name: output.as_numpy() for output in as_json.outputs}
     expected = native(server, "/encode", files=files(uploads))
     np.testing.assert_allclose(encoded["mu"], expected["mu"], atol=1e-6)
