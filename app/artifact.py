@@ -58,7 +58,17 @@ class Preprocessing(BaseModel):
 
 
 class Calibration(BaseModel):
-    """Distribution of `score` on held-out normal data, and the anomaly threshold."""
+    """Distribution of `score` on held-out normal data, and the anomaly threshold.
+
+    `split-conformal` (written since the calibration split exists): the threshold is
+    the ceil((count + 1)(1 - false_alarm_rate))-th smallest of `count` scores of images
+    that neither training nor checkpoint selection saw, so a new normal image scores
+    above it with probability at most `false_alarm_rate`. The rate a user will actually
+    see depends on which images were drawn: `expected_false_alarm_rate` is its mean over
+    calibration sets and `false_alarm_interval` holds it for a share
+    `false_alarm_interval_level` of them. `quantile` (older artifacts): the threshold is
+    the `threshold_level` quantile of validation scores, with none of those promises.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -67,8 +77,21 @@ class Calibration(BaseModel):
     count: int = Field(ge=1, description="images the quantiles were computed from")
     levels: list[float] = Field(description="quantile levels in [0, 1], increasing")
     quantiles: list[float] = Field(description="score at each level, non-decreasing")
-    threshold_level: float = Field(gt=0.0, lt=1.0)
+    threshold_level: float = Field(gt=0.0, lt=1.0, description="1 - the requested rate")
     threshold: float
+    method: Literal["split-conformal", "quantile"] = "quantile"
+    false_alarm_rate: float | None = Field(
+        None, gt=0.0, lt=1.0, description="the requested share of normal images flagged"
+    )
+    expected_false_alarm_rate: float | None = Field(
+        None, ge=0.0, le=1.0, description="mean rate on new normal data, over calibration sets"
+    )
+    false_alarm_interval: tuple[float, float] | None = Field(
+        None, description="the rate on new normal data lies here for most calibration sets"
+    )
+    false_alarm_interval_level: float | None = Field(
+        None, gt=0.0, lt=1.0, description="the share of calibration sets the interval holds for"
+    )
 
     def percentile(self, score: float) -> float:
         """Position of `score` within the calibration scores, in [0, 100]."""

@@ -52,7 +52,7 @@ def train_tiny_vae(steps: int = 20, seed: int = 0) -> VAE:
 def tiny_metadata(model: VAE) -> ModelMetadata:
     with torch.no_grad():
         scores = model.score((torch.rand(200, 1, 28, 28) > 0.7).float())
-    calibration = calibrate(scores, TINY, threshold_quantile=0.99)
+    calibration = calibrate(scores, TINY, false_alarm_rate=0.01)
     return ModelMetadata(
         format_version=FORMAT_VERSION,
         name="tiny-test-vae",
@@ -143,7 +143,7 @@ def spatial_artifact_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "latent_dim": TINY_SPATIAL.latent_dim,
             "likelihood": "gaussian",
             "architecture": "spatial",
-            "calibration": calibrate(scores, TINY_SPATIAL, threshold_quantile=0.9),
+            "calibration": calibrate(scores, TINY_SPATIAL, false_alarm_rate=0.1),
             "training": TINY_SPATIAL.to_dict(),
         }
     )

@@ -7,6 +7,7 @@ non-zero exit: 2 for usage, 1 for a `TrainingError`, 130 for Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -81,8 +82,13 @@ def _train(args: argparse.Namespace, explicit: set[str], started: float | None) 
         f"validation: negative ELBO {metrics['val_nelbo']:.2f} nats/image{bits}, "
         f"IWAE -log p(x) {metrics['val_iwae_nll']:.2f} (k={metrics['iwae_samples']:.0f})"
     )
+    calibration = fit.calibration
+    low, high = calibration.false_alarm_interval or (math.nan, math.nan)
+    unit = "" if config.score == "map" else " nats"
     print(
-        f"anomaly threshold ({config.score}, q={config.threshold_quantile}): "
-        f"{fit.calibration.threshold:.{4 if config.score == 'map' else 2}f}"
-        + ("" if config.score == "map" else " nats")
+        f"anomaly threshold ({config.score}, split conformal on {calibration.count} "
+        f"calibration images): {calibration.threshold:.{4 if config.score == 'map' else 2}f}"
+        f"{unit}; false-alarm rate {config.false_alarm_rate:g} requested, "
+        f"{calibration.expected_false_alarm_rate:.4f} expected on new normal data, "
+        f"90% within [{low:.4f}, {high:.4f}]"
     )

@@ -31,7 +31,8 @@ class TrainConfig:
     image_size: int = 28  # every image is resized to image_size x image_size
     # (spatial: the long side of the working resolution; 0 = the data's own, at most 512)
     channels: int | None = None  # None: the source's own (1 unless it holds colour)
-    val_fraction: float = 0.1
+    val_fraction: float = 0.1  # picks the best checkpoint
+    calibration_fraction: float = 0.1  # sets the anomaly threshold; nothing else sees it
     seed: int = 0
     # model
     architecture: Architecture = "conv"
@@ -65,7 +66,7 @@ class TrainConfig:
     # anomaly score, calibration, evaluation
     score: ScoreKind = "nelbo-ic"  # best in the one-class protocol (README)
     score_samples: int = 1  # frozen draws; 16 gave the same AUROC at 16x the cost
-    threshold_quantile: float = 0.99
+    false_alarm_rate: float = 0.01  # share of new normal images flagged; split conformal
     iwae_samples: int = 256
 
     @property
@@ -119,6 +120,8 @@ class TrainConfig:
     def from_dict(cls, raw: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in raw.items() if k in known}
+        if "threshold_quantile" in raw and "false_alarm_rate" not in raw:  # before the rename
+            values["false_alarm_rate"] = complement(raw["threshold_quantile"])
         for key in ("hidden", "classes", "map_hidden"):
             if values.get(key) is not None:
                 values[key] = tuple(values[key])
@@ -129,6 +132,10 @@ class TrainConfig:
         self._validate_size()
         _require(self.channels in (None, 1, 3), "--channels must be 1 or 3")
         _require(0.0 < self.val_fraction < 1.0, "--val-fraction must be in (0, 1)")
+        _require(
+            0.0 < self.calibration_fraction < 1.0 - self.val_fraction,
+            "--calibration-fraction must be in (0, 1 - --val-fraction)",
+        )
         _require(self.classes is None or len(self.classes) > 0, "--classes is empty")
         for flag, choice, allowed in (
             ("--architecture", self.architecture, get_args(Architecture)),
@@ -147,7 +154,7 @@ class TrainConfig:
             0 <= self.augment_shift < self._side() // 2,
             "--augment-shift must be in [0, image size / 2)",
         )
-        _require(0.0 < self.threshold_quantile < 1.0, "--threshold-quantile must be in (0, 1)")
+        _require(0.0 < self.false_alarm_rate < 1.0, "--false-alarm-rate must be in (0, 1)")
         _require(self.max_minutes is None or self.max_minutes > 0, "--max-minutes must be positive")
         _require(self.threads is None or self.threads >= 1, "--threads must be at least 1")
         return self
@@ -197,6 +204,12 @@ class TrainConfig:
             "--score-samples": self.score_samples,
             "--iwae-samples": self.iwae_samples,
         }
+
+
+def complement(quantile: float) -> float:
+    """A threshold's quantile level -> the false-alarm rate it leaves: 0.99 -> 0.01 (not
+    0.010000000000000009)."""
+    return round(1.0 - quantile, 12)
 
 
 def _require(condition: bool, message: str) -> None:

@@ -8,6 +8,8 @@ the pixels came from.
 from __future__ import annotations
 
 import hashlib
+import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,12 +49,26 @@ def select_classes(images: ImageSet, classes: tuple[int, ...]) -> ImageSet:
 
 def split(images: ImageSet, val_fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:
     """Seeded, deterministic train/validation split: the same seed gives the same sets."""
+    train, val = hold_out(images, (val_fraction,), seed)
+    return train, val
+
+
+def hold_out(images: ImageSet, fractions: Sequence[float], seed: int) -> list[ImageSet]:
+    """Seeded and deterministic: [the rest, then one set per fraction of the images].
+
+    The sets are cut from one permutation in order, so adding a later set (calibration)
+    leaves the earlier ones (validation) as they were and takes from the rest.
+    """
     count = len(images)
-    val_count = max(1, round(count * val_fraction))
-    if count - val_count < 1:
-        raise DataError(f"{count} image(s) cannot be split into training and validation sets")
+    sizes = [max(1, round(count * fraction)) for fraction in fractions]
+    if count - sum(sizes) < 1:
+        raise DataError(
+            f"{count} image(s) cannot be split into training, validation and calibration sets"
+        )
     order = torch.from_numpy(np.random.default_rng(seed).permutation(count))
-    return images.subset(order[val_count:]), images.subset(order[:val_count])
+    edges = np.cumsum([0, *sizes]).tolist()
+    held = [images.subset(order[a:b]) for a, b in itertools.pairwise(edges)]
+    return [images.subset(order[edges[-1] :]), *held]
 
 
 def fingerprint(images: ImageSet) -> str:

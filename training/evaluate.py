@@ -85,6 +85,13 @@ def build_parser() -> flags.Parser:
         "--work-dir", default="runs/anomaly", help="per-digit runs, artifacts and reports"
     )
     anomaly.add_argument("--json", help="the report's path (default: <work-dir>/anomaly.json)")
+    anomaly.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.2,
+        help="share of each digit held out as its normal test images: the AUROC's normal "
+        "side and the measured false-alarm rate; nothing else sees them",
+    )
     flags.add_data_flags(anomaly, classes=False)
     flags.add_model_flags(anomaly)
     flags.add_loss_flags(anomaly)
@@ -177,12 +184,21 @@ def anomaly_command(args: argparse.Namespace) -> None:
     work_dir = Path(args.work_dir)
     images = load_images(config.data, config.image_size, config.channels)
     kinds = args.scores or (config.score,)
-    report = run_anomaly(config, images, args.digits, kinds, work_dir)
+    if not 0.0 < args.test_fraction < 1.0 - config.val_fraction - config.calibration_fraction:
+        raise ConfigError("--test-fraction must leave images to train on")
+    report = run_anomaly(
+        config, images, args.digits, kinds, work_dir, test_fraction=args.test_fraction
+    )
     table = report.markdown()
     print(table)
     work_dir.mkdir(parents=True, exist_ok=True)
     (work_dir / "anomaly.md").write_text(table + "\n")
-    payload = {**report.to_dict(), "shipped_score": config.score, "training": config.to_dict()}
+    payload = {
+        **report.to_dict(),
+        "shipped_score": config.score,
+        "test_fraction": args.test_fraction,
+        "training": config.to_dict(),
+    }
     print(f"report: {write_json(Path(args.json or work_dir / 'anomaly.json'), payload)}")
 
 

@@ -12,7 +12,13 @@ from collections.abc import Collection, Sequence
 from dataclasses import fields
 from typing import NoReturn, get_args
 
-from training.config import DEFAULT_WORK_SIDE, IMAGE_SIZE_RANGE, WORK_SIZE_RANGE, TrainConfig
+from training.config import (
+    DEFAULT_WORK_SIDE,
+    IMAGE_SIZE_RANGE,
+    WORK_SIZE_RANGE,
+    TrainConfig,
+    complement,
+)
 from training.model import Architecture, Likelihood, ScoreKind
 from training.presets import PRESETS, preset_values
 
@@ -43,6 +49,14 @@ def int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(
             f"expected integers separated by commas: {text!r}"
         ) from None
+
+
+def rate_of_quantile(text: str) -> float:
+    """'0.99' -> 0.01: a quantile level as the false-alarm rate it leaves."""
+    try:
+        return complement(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1): {text!r}") from None
 
 
 def add_data_flags(parser: argparse.ArgumentParser, classes: bool = True) -> None:
@@ -77,7 +91,15 @@ def add_data_flags(parser: argparse.ArgumentParser, classes: bool = True) -> Non
         "--val-fraction",
         type=float,
         default=DEFAULTS.val_fraction,
-        help="share of the images held out for validation",
+        help="share of the images held out for validation (picks the best checkpoint)",
+    )
+    group.add_argument(
+        "--calibration-fraction",
+        type=float,
+        default=DEFAULTS.calibration_fraction,
+        help="share of the images held out to set the anomaly threshold, seen by nothing "
+        "else; a false-alarm rate a needs at least (1 - a) / a of them, about 10 / a to "
+        "pin it down",
     )
     group.add_argument(
         "--seed",
@@ -238,11 +260,20 @@ def add_score_flags(parser: argparse.ArgumentParser) -> None:
         default=DEFAULTS.score_samples,
         help="latent draws frozen into the score",
     )
-    group.add_argument(
-        "--threshold-quantile",
+    rate = group.add_mutually_exclusive_group()
+    rate.add_argument(
+        "--false-alarm-rate",
         type=float,
-        default=DEFAULTS.threshold_quantile,
-        help="the anomaly threshold's quantile of validation scores",
+        default=DEFAULTS.false_alarm_rate,
+        help="share of new normal images the threshold may flag: a split-conformal "
+        "threshold on the calibration split",
+    )
+    rate.add_argument(
+        "--threshold-quantile",
+        type=rate_of_quantile,
+        dest="false_alarm_rate",
+        metavar="Q",
+        help="the same as --false-alarm-rate 1-Q (the threshold's level among normal scores)",
     )
     group.add_argument(
         "--iwae-samples",

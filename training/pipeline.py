@@ -2,6 +2,9 @@
 
     load -> filter classes -> split -> train -> evaluate -> calibrate -> export
 
+The split is three-way: training, validation (the best checkpoint) and calibration (the
+anomaly threshold, `training.calibrate`); each image is in exactly one.
+
 The anomaly protocol (`training.anomaly`) runs the same steps once per digit. Under
 torchrun every rank loads, trains and evaluates its share, and rank 0 alone calibrates
 and exports (`training.distributed`). `--max-minutes` bounds all of it
@@ -23,10 +26,10 @@ import torch
 from app.artifact import Calibration
 from training import distributed
 from training.budget import Budget
-from training.calibrate import calibrate, score_images
+from training.calibrate import calibrate, calibration_advice, score_images
 from training.config import DEFAULT_WORK_SIDE, TrainConfig
 from training.data import load_images, native_size
-from training.dataset import ImageSet, fingerprint, select_classes, split
+from training.dataset import ImageSet, fingerprint, hold_out, select_classes
 from training.distributed import ALONE, World
 from training.errors import ConfigError, DataError
 from training.export import build_metadata, export_artifact
@@ -54,7 +57,8 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class PreparedData:
     train: ImageSet
-    val: ImageSet  # drives best-checkpoint selection and the calibration
+    val: ImageSet  # drives best-checkpoint selection
+    calibration: ImageSet  # sets the anomaly threshold, and nothing else
     fingerprint: str  # of the training split
     work_size: tuple[int, int] | None = None  # (height, width) a spatial model works at
 
@@ -81,8 +85,9 @@ def prepare_data(config: TrainConfig, images: ImageSet | None = None) -> Prepare
         raise DataError(f"images of {tuple(images.images.shape[2:])} px, expected {size}")
     if config.classes is not None:
         images = select_classes(images, config.classes)
-    train_set, val_set = split(images, config.val_fraction, config.seed)
-    return PreparedData(train_set, val_set, fingerprint(train_set), size)
+    fractions = (config.val_fraction, config.calibration_fraction)
+    train_set, val_set, calibration_set = hold_out(images, fractions, config.seed)
+    return PreparedData(train_set, val_set, calibration_set, fingerprint(train_set), size)
 
 
 def working_size(config: TrainConfig, native: tuple[int, int]) -> tuple[int, int]:
@@ -152,10 +157,12 @@ def describe_run(config: TrainConfig, data: PreparedData) -> list[str]:
     """What the run found and where it writes: the data, its labels per class, the outputs."""
     shape = data.train.images.shape
     colour = "RGB" if shape[1] == 3 else "grayscale"
-    count = len(data.train) + len(data.val)
+    splits = (data.train, data.val, data.calibration)
+    count = sum(len(images) for images in splits)
     lines = [f"data: {config.data}, {count} images at {shape[2]}x{shape[3]} {colour}"]
     is_folder = Path(config.data).is_dir()
-    if data.train.labels is None or data.val.labels is None:
+    every_label = [images.labels for images in splits if images.labels is not None]
+    if len(every_label) < len(splits):
         lines.append(
             "labels: none (a folder's images are labelled when each sits in an "
             "integer-named subfolder, e.g. 3/a.png)"
@@ -163,7 +170,7 @@ def describe_run(config: TrainConfig, data: PreparedData) -> list[str]:
             else "labels: none"
         )
     else:
-        labels, counts = torch.cat([data.train.labels, data.val.labels]).unique(return_counts=True)
+        labels, counts = torch.cat(every_label).unique(return_counts=True)
         origin = "the subfolder names" if is_folder else "the data"
         kept = "" if config.classes is None else " (kept by --classes)"
         per_class = ", ".join(f"{int(v)}: {int(c)}" for v, c in zip(labels, counts, strict=True))
@@ -182,8 +189,15 @@ def fit(
     world: World = ALONE,
     budget: Budget | None = None,
 ) -> TrainResult:
-    """Train on `data.train`, keeping the weights that do best on `data.val`."""
-    log(f"training on {len(data.train)} images, validating on {len(data.val)}")
+    """Train on `data.train`, keeping the weights that do best on `data.val`; first check
+    that `data.calibration` can keep the requested false-alarm rate."""
+    advice = calibration_advice(len(data.calibration), config.false_alarm_rate)
+    log(
+        f"training on {len(data.train)} images, validating on {len(data.val)}, "
+        f"calibrating on {len(data.calibration)}"
+    )
+    if advice:
+        log(advice)
     model_config = config.model_config(data.train.channels, data.work_size)
     return train(config, model_config, data.train, data.val, data.fingerprint, log, world, budget)
 
@@ -200,7 +214,7 @@ def measure(
     time the budget leaves (fewer draws, or fewer images, when it would not fit)."""
     images = world.stride(data.val.images)
     row_seconds = 0.0 if math.isnan(result.row_seconds) else result.row_seconds  # no epoch run
-    calibration_seconds = 2 * config.score_samples * len(data.val) * row_seconds
+    calibration_seconds = 2 * config.score_samples * len(data.calibration) * row_seconds
     seconds_left = budget.left() - budget.export_reserve() - calibration_seconds
     plan, note = plan_evaluation(len(images), config.iwae_samples, row_seconds, seconds_left)
     elbo, k, left = world.from_main([plan.elbo_samples, plan.iwae_samples, seconds_left])
@@ -243,8 +257,8 @@ def export(
     model = copy.deepcopy(result.model).cpu()  # the artifact and its calibration run on CPU
     if isinstance(model, SpatialVAE):
         model_config, metrics = _choose_smoothing(config, data, model, model_config, metrics, log)
-    scores = score_images(model.score, data.val.images)
-    calibration = calibrate(scores, model_config, config.threshold_quantile)
+    scores = score_images(model.score, data.calibration.images)
+    calibration = calibrate(scores, model_config, config.false_alarm_rate)
     metadata = build_metadata(
         config, model_config, calibration, metrics, data.fingerprint, world_size
     )
@@ -252,7 +266,7 @@ def export(
         model,
         metadata,
         config.artifact_path,
-        calibration_images=data.val.images,
+        calibration_images=data.calibration.images,
         calibration_scores=scores,
         isolated_check=isolated_check,
     )

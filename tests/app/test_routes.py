@@ -279,6 +279,10 @@ async def test_model_describes_what_a_client_needs(client):
     assert body["latent_dim"] == 4 and body["likelihood"] == "bernoulli"
     assert body["format_version"] == 1 and body["device"] == "cpu"
     assert body["calibration"]["threshold_level"] == 0.99
+    calibration = body["calibration"]
+    assert (calibration["method"], calibration["false_alarm_rate"]) == ("split-conformal", 0.01)
+    low, high = calibration["false_alarm_interval"]
+    assert low < calibration["expected_false_alarm_rate"] < high
     assert body["limits"]["max_images"] == 256
 
 

@@ -63,6 +63,7 @@ def tiny_config(tmp_path: Path) -> TrainConfig:
         device="cpu",
         score_samples=4,
         iwae_samples=8,
+        false_alarm_rate=0.1,  # ten calibration images of 96 allow no less
         checkpoint_dir=str(tmp_path / "runs"),
         out=str(tmp_path / "model"),
     )
@@ -82,6 +83,7 @@ TINY_FLAGS = [
     "--architecture", "mlp", "--hidden", "32", "--latent-dim", "4", "--epochs", "2",
     "--batch-size", "16", "--lr", "3e-3", "--warmup-epochs", "0", "--augment-shift", "0",
     "--device", "cpu", "--score-samples", "4", "--iwae-samples", "8",
+    "--false-alarm-rate", "0.1",
 ]  # fmt: skip
 
 

@@ -15,6 +15,8 @@ from training.anomaly import AnomalyReport, auroc, run_anomaly
 from training.evaluate import digit_list, main, score_kinds
 from training.model import ScoreKind
 
+from .conftest import bars
+
 
 def brute_force_auroc(normal: list[float], anomalous: list[float]) -> float:
     pairs = list(itertools.product(normal, anomalous))
@@ -52,11 +54,11 @@ def test_report_table_mean_and_worst() -> None:
     assert json.loads(json.dumps(report.to_dict()))["auroc"]["1"]["recon"] == 0.6
 
 
-def test_one_class_protocol_separates_bars(tiny_config, synthetic, tmp_path: Path) -> None:
+def test_one_class_protocol_separates_bars(tiny_config, tmp_path: Path) -> None:
     lines: list[str] = []
     report = run_anomaly(
-        dataclasses.replace(tiny_config, epochs=6),
-        synthetic,
+        dataclasses.replace(tiny_config, epochs=6, calibration_fraction=0.2),
+        bars(192),  # a digit: 48 to train, 10 to validate, 19 to calibrate, 19 to test
         digits=(0, 1),
         kinds=get_args(ScoreKind),  # every kind the model offers
         work_dir=tmp_path / "anomaly",
@@ -69,6 +71,12 @@ def test_one_class_protocol_separates_bars(tiny_config, synthetic, tmp_path: Pat
     assert min(plain.values()) > 0.9  # bars in opposite halves: an easy pair
     assert (tmp_path / "anomaly" / "digit-1" / "model" / "model.pt").is_file()
     assert any(line.startswith("digit 1: ") and " iwae " in line for line in lines)
+    for alarms in report.false_alarms.values():
+        assert [a.requested for a in alarms] == [0.1, 0.05]
+        assert all(a.calibration_count == 19 and a.held_out == 19 for a in alarms)
+        assert alarms[0].expected == pytest.approx(2 / 20)  # k = ceil(20 * 0.9) = 18
+        assert alarms[1].flagged <= alarms[0].flagged  # a higher threshold flags fewer
+    assert "| digit | calibration images | expected at 10.0% (90%) |" in report.markdown()
 
 
 def test_anomaly_command_writes_table_and_json(trained_run, tmp_path: Path, capsys) -> None:
@@ -77,10 +85,13 @@ def test_anomaly_command_writes_table_and_json(trained_run, tmp_path: Path, caps
     flags = flags[: flags.index("--checkpoint-dir")]
     work = tmp_path / "protocol"
     argv = ["anomaly", "--data", data, "--digits", "1", "--scores", "recon,iwae", *flags]
+    argv += ["--calibration-fraction", "0.25"]
     assert main([*argv, "--work-dir", str(work)]) == 0
     assert "| 1 |" in capsys.readouterr().out
     report = json.loads((work / "anomaly.json").read_text())
     assert report["kinds"] == ["recon", "iwae"] and set(report["auroc"]) == {"1"}
+    assert report["false_alarms"]["1"][0]["requested"] == 0.1
+    assert report["mean_false_alarms"][0]["measured"] == report["false_alarms"]["1"][0]["measured"]
     assert (work / "anomaly.md").read_text().startswith("| digit |")
 
 

@@ -37,6 +37,14 @@ ERRORS: dict[str, tuple[Callable[[Path], list[str]], str]] = {
         "--classes 3 matches no image",
     ),
     "image size": (lambda tmp: ["--image-size", "300"], "--image-size must be in [28, 128]"),
+    "too few to calibrate": (
+        lambda tmp: ["--data", str(write_labelled(tmp))],
+        "the calibration split has 1 image(s); a false-alarm rate of 0.1 needs at least 9",
+    ),
+    "two threshold flags": (
+        lambda tmp: ["--false-alarm-rate", "0.02", "--threshold-quantile", "0.98"],
+        "not allowed with argument",
+    ),
     "bad flag": (lambda tmp: ["--epochs", "many"], "argument --epochs: invalid int value"),
 }
 

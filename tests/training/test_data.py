@@ -15,7 +15,7 @@ from app.artifact import FORMAT_VERSION, ModelMetadata
 from app.images import load_images as serve_images
 from app.preprocessing import preprocessing_for
 from training.data import load_images
-from training.dataset import ImageSet, fingerprint, select_classes, split
+from training.dataset import ImageSet, fingerprint, hold_out, select_classes, split
 from training.errors import DataError
 
 
@@ -111,6 +111,20 @@ def test_the_split_is_seeded_disjoint_and_complete(synthetic: ImageSet) -> None:
     assert torch.equal(val.labels, again_val.labels)
     assert sorted(train.labels.tolist() + val.labels.tolist()) == list(range(96))
     assert not torch.equal(split(tagged, 0.25, seed=4)[1].labels, val.labels)
+
+
+def test_the_calibration_split_is_carved_from_training_only(synthetic: ImageSet) -> None:
+    tagged = ImageSet(synthetic.images, torch.arange(len(synthetic)))
+    train, val, calibration = hold_out(tagged, (0.25, 0.25), seed=3)
+    old_train, old_val = split(tagged, 0.25, seed=3)
+    assert torch.equal(val.labels, old_val.labels)  # validation as it was
+    assert (len(train), len(calibration)) == (48, 24)
+    assert set(train.labels.tolist()) | set(calibration.labels.tolist()) == set(
+        old_train.labels.tolist()
+    )
+    assert not set(train.labels.tolist()) & set(calibration.labels.tolist())
+    with pytest.raises(DataError, match="cannot be split"):
+        hold_out(tagged, (0.5, 0.5), seed=3)
 
 
 def test_the_fingerprint_follows_pixels_and_labels(synthetic: ImageSet) -> None:

@@ -52,7 +52,10 @@ def test_model_json_has_every_metadata_field(trained_run) -> None:
     assert meta.image_shape == (1, 28, 28) and meta.latent_dim == 4
     assert (meta.likelihood, meta.architecture) == ("bernoulli", "mlp")
     assert meta.preprocessing.color_mode == "L"
-    assert meta.calibration.count == len(data.val) and meta.calibration.score == TrainConfig().score
+    assert meta.calibration.count == len(data.calibration)
+    assert meta.calibration.score == TrainConfig().score
+    assert meta.calibration.method == "split-conformal"
+    assert meta.calibration.false_alarm_rate == config.false_alarm_rate
     assert {"val_nelbo", "val_iwae_nll", "best_epoch", "train_images"} <= set(meta.metrics)
     assert meta.metrics["val_iwae_nll"] <= meta.metrics["val_nelbo"]
     assert TrainConfig.from_dict(meta.training) == config
@@ -74,8 +77,9 @@ def test_metrics_file_matches_model_json(trained_run) -> None:
 
 def test_calibration_was_computed_with_the_artifacts_own_score(trained_run) -> None:
     module, meta = load_artifact(trained_run.artifact)
-    scores = score_images(module.score, trained_run.data.val.images)
-    again = calibrate(scores, trained_run.config.model_config(1), meta.calibration.threshold_level)
+    scores = score_images(module.score, trained_run.data.calibration.images)
+    rate = meta.calibration.false_alarm_rate
+    again = calibrate(scores, trained_run.config.model_config(1), rate)
     assert again.quantiles == pytest.approx(meta.calibration.quantiles, rel=1e-5)
     assert again.threshold == pytest.approx(meta.calibration.threshold, rel=1e-5)
 
@@ -112,7 +116,7 @@ def test_a_conv_rgb_gaussian_model_exports(tmp_path: Path) -> None:
     model = VAE(model_config).eval()
     images = torch.rand(20, 3, 28, 28)
     scores = score_images(model.score, images)
-    calibration = calibrate(scores, model_config, 0.9)
+    calibration = calibrate(scores, model_config, 0.1)
     metadata = build_metadata(config, model_config, calibration, {"val_nelbo": 1.0}, "0" * 64)
     out = export_artifact(
         model,

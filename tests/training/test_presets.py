@@ -70,6 +70,7 @@ TINY_INSPECTION = [
     "--preset", "inspection", "--crop", "16", "--hidden", "8,16", "--map-hidden", "8,16",
     "--epochs", "2", "--batch-size", "4", "--device", "cpu", "--iwae-samples", "2",
     "--max-minutes", "5",
+    "--calibration-fraction", "0.25", "--false-alarm-rate", "0.2",  # 6 of 24 calibrate
 ]  # fmt: skip
 
 
