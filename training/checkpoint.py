@@ -105,7 +105,10 @@ def resume(
     _check_compatible(state, run, path)
     if "optimizer" not in state:
         raise CheckpointError(f"{path} holds weights only; resume from {LAST}")
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:  # e.g. written before the model gained a buffer
+        raise CheckpointError(f"{path} does not fit this model ({first_line(exc)})") from None
     optimizer.load_state_dict(state["optimizer"])
     return Progress(
         epoch=int(state["epoch"]),

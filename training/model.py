@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812  (the PyTorch convention)
 from torch import Tensor, nn
 
+from training.complexity import GenericDensity
+
 if TYPE_CHECKING:
     from typing import TypeAlias
 
@@ -220,6 +222,8 @@ class VAE(nn.Module):
             self.decoder = MLPDecoder(config)
         # learned observation noise of the Gaussian likelihood; unused for Bernoulli
         self.log_sigma = nn.Parameter(torch.full((), -2.0))
+        # the `-ic` scores' reference density: its own parameters, fitted on the training split
+        self.complexity = GenericDensity(self.gaussian)
         generator = torch.Generator().manual_seed(config.score_seed)
         self.register_buffer(
             "score_noise", torch.randn(config.score_samples, config.latent_dim, generator=generator)
@@ -303,24 +307,13 @@ class VAE(nn.Module):
         return self.nll(self.decoder(mu), x)
 
     def complexity_nll(self, x: Tensor) -> Tensor:
-        """-log p(x) under a generic, parameter-free local image model, nats (N,).
+        """-log p(x) under the generic image density (`training.complexity`), nats (N,).
 
-        Each pixel is predicted as the max of its left and upper neighbours (a PNG-like
-        causal predictor) under the model's likelihood. Likelihood models rate simple
-        images (a thin "1") as likely whatever they were trained on; subtracting the
-        generic model's nll turns the score into a likelihood ratio that cancels that
-        bias (Serra et al., "Input complexity and out-of-distribution detection with
-        likelihood-based generative models", ICLR 2020).
+        Subtracted from the VAE's nll by the `-ic` scores: a likelihood ratio against a
+        model that knows nothing of the training data's content, only that neighbouring
+        pixels are alike (Serra et al., ICLR 2020).
         """
-        padded = F.pad(x, (1, 0, 1, 0))
-        prediction = torch.maximum(padded[:, :, 1:, :-1], padded[:, :, :-1, 1:])
-        prediction = prediction.clamp(0.01, 0.99)
-        if self.gaussian:
-            log_sigma = self.log_sigma.clamp(-6.0, 2.0)
-            nll = 0.5 * ((x - prediction) / log_sigma.exp()).pow(2) + log_sigma + 0.5 * self.log_2pi
-        else:
-            nll = F.binary_cross_entropy(prediction, x, reduction="none")
-        return nll.flatten(1).sum(1)
+        return self.complexity(x)
 
     @torch.jit.export
     def score(self, x: Tensor) -> Tensor:

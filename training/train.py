@@ -30,7 +30,7 @@ from training.dataset import ImageSet
 from training.distributed import ALONE, Log, World
 from training.errors import CheckpointError, ConfigError
 from training.metrics import ELBO_SAMPLES, bits_per_dim, format_seconds, negative_elbo
-from training.model import LossWeights, ModelConfig, build_model
+from training.model import VAE, LossWeights, ModelConfig, build_model
 from training.progress import ProgressMeter
 
 MIN_LR_FACTOR = 0.01  # the cosine schedule ends at 1% of --lr, not at zero
@@ -125,7 +125,10 @@ def train(
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)  # the initial weights
-    model = build_model(model_config).to(world.rank_device(resolve_device(config.device)))
+    model = build_model(model_config)
+    if isinstance(model, VAE):  # the `-ic` reference density, on this split only
+        model.complexity.fit(train_set.images)
+    model = model.to(world.rank_device(resolve_device(config.device)))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     progress = Progress()
     if config.resume:  # every rank loads the same checkpoint
