@@ -9,9 +9,15 @@ An artifact is a folder holding exactly two files::
         iwae(x: [N, C, H, W], samples: int) -> [N]       importance-weighted bound on -log p(x)
         score(x: [N, C, H, W]) -> [N]                    anomaly score, nats, deterministic
         pixel_nll(x: [N, C, H, W]) -> [N, C, H, W]       -log p(x|z=mu) per pixel (heat map)
+        prior_latents(u: [N], eps: [N, D]) -> z: [N, D]  optional: the sampling prior
     model.json   `ModelMetadata` below, as JSON; written last, by rename, with the
                  sha256 of model.pt, so a reader never mistakes a half-copied folder
                  for an artifact (`app.layout`)
+
+`prior_latents` maps the caller's noise to latents of the sampling prior (see
+`SamplingPrior`): u uniform in [0, 1) picks a mixture component, eps ~ N(0, I) times
+the temperature places the latent in it. It is deterministic, so a seeded `/sample`
+gives the same images in any batch; an artifact without it samples N(0, I) (z = eps).
 
 `score` is the exact function the calibration quantiles were computed with, so a
 served score is comparable with `metadata.calibration`. Its noise is frozen inside
@@ -39,6 +45,7 @@ MODEL_FILE = "model.pt"
 METADATA_FILE = "model.json"
 METHODS = ("encode", "decode", "elbo", "iwae", "score", "pixel_nll")
 MAP_METHOD = "anomaly_map"  # required when calibration.score is "map"
+OPTIONAL_METHODS = ("prior_latents",)  # artifacts written before it lack it
 
 
 class ArtifactError(Exception):
@@ -108,6 +115,19 @@ class Calibration(BaseModel):
         return 100.0 * ls[-1]
 
 
+class SamplingPrior(BaseModel):
+    """Where `/sample` draws latents from: the training prior N(0, I), or a Gaussian
+    mixture fitted after training to where the training images encode."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["standard-normal", "gaussian-mixture"]
+    components: int = Field(default=0, ge=0, description="mixture components (0: N(0, I))")
+
+
+STANDARD_NORMAL = SamplingPrior(kind="standard-normal")
+
+
 class ModelMetadata(BaseModel):
     """Everything a reader needs besides the weights; written as `model.json`."""
 
@@ -123,6 +143,9 @@ class ModelMetadata(BaseModel):
     architecture: str
     preprocessing: Preprocessing
     calibration: Calibration
+    sampling_prior: SamplingPrior = Field(
+        default=STANDARD_NORMAL, description="absent from artifacts written before it: N(0, I)"
+    )
     metrics: dict[str, float]
     training: dict[str, Any] = Field(description="the full training configuration")
     data_fingerprint: str = Field(description="sha256 of the training images and labels")

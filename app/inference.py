@@ -41,6 +41,13 @@ class Inference:
         (images,) = await self._submit("decode", latents, context)
         return images
 
+    async def sample(
+        self, noise: torch.Tensor, context: RequestContext
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prior noise (N, 1 + D) -> latents (N, D) of the sampling prior, their images."""
+        latents, images = await self._submit("sample", noise, context)
+        return latents, images
+
     async def score(
         self, images: torch.Tensor, context: RequestContext, *, heatmap: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -28,6 +28,16 @@ def prior_sample(n: int, dim: int, *, temperature: float, seed: int) -> torch.Te
     return torch.randn(n, dim, generator=_generator(seed)) * temperature
 
 
+def prior_noise(n: int, dim: int, *, temperature: float, seed: int) -> torch.Tensor:
+    """The noise of n prior draws, (n, 1 + dim): column 0 uniform in [0, 1) (picks a
+    mixture component), columns 1.. from N(0, temperature^2 I). The artifact's
+    `prior_latents` maps it to latents; without one they are columns 1.., the N(0, I)
+    draws of before, which the same seed still gives (they are drawn first)."""
+    generator = _generator(seed)
+    eps = torch.randn(n, dim, generator=generator) * temperature
+    return torch.cat([torch.rand(n, 1, generator=generator), eps], dim=1)
+
+
 def posterior_sample(mu: torch.Tensor, logvar: torch.Tensor, *, seed: int) -> torch.Tensor:
     """z = mu + sigma * eps, eps ~ N(0, I): the reparameterisation, (N, D)."""
     eps = torch.randn(mu.shape, generator=_generator(seed))

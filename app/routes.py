@@ -30,7 +30,7 @@ from app.errors import (
 from app.heatmaps import HeatMap, render
 from app.images import DecodedImages, load_images
 from app.inference import Inference
-from app.latents import draw_seed, interpolation_path, posterior_sample, prior_sample
+from app.latents import draw_seed, interpolation_path, posterior_sample, prior_noise
 from app.openapi import error_responses
 from app.payloads import BodyFormat, ImageBody, image_body, json_body
 from app.render import OrjsonResponse, floats, image_payload
@@ -192,16 +192,14 @@ async def decode(call: Call, body: DecodeRequest) -> Response:
 
 @verb("/sample", json_body(SampleRequest), SampleResponse)
 async def sample(call: Call, body: SampleRequest) -> Response:
-    """Draw n images from the prior; the same seed gives the same images."""
+    """Draw n images from the model's sampling prior; the same seed gives the same images."""
     model, settings, context = call.model, call.settings, call.context
     if body.n > settings.max_samples:
         raise OutOfRangeError(f"n={body.n}: at most {settings.max_samples} samples per request")
     seed = draw_seed() if body.seed is None else body.seed
-    latents = prior_sample(
-        body.n, model.metadata.latent_dim, temperature=body.temperature, seed=seed
-    )
+    noise = prior_noise(body.n, model.metadata.latent_dim, temperature=body.temperature, seed=seed)
     context.items = body.n
-    images = await model.decode(latents, context)
+    latents, images = await model.sample(noise, context)
     rendered = await _images_out(images, body.format)
     return OrjsonResponse({**rendered, "latents": floats(latents), "seed": seed})
 

@@ -7,6 +7,7 @@ Ops, each a batch of rows in and a tuple of per-row outputs out (all float32, on
     score          images (N, C, H, W) -> score (N,)
     score_heatmap  images (N, C, H, W) -> score (N,), heat map (N, 1, H, W): the artifact's
                    `anomaly_map` where it has one, else its channel-summed `pixel_nll`
+    sample         noise (N, 1 + D)    -> latents (N, D), x_mean (N, C, H, W)
 
 Image ops call the module on at most `PIXEL_BUDGET` pixels at a time: a batch of large
 images (an inspection model at 512 px) would otherwise hold activations of gigabytes.
@@ -35,7 +36,7 @@ from app.config import Settings
 
 logger = logging.getLogger("vae.runtime")
 
-OPS = ("encode", "decode", "score", "score_heatmap")
+OPS = ("encode", "decode", "score", "score_heatmap", "sample")
 WARMUP_PASSES = 2  # TorchScript's profiling executor optimises a graph after its first runs
 SCORE_ROWS = 128  # decoder rows per `score` call: rows x score_samples
 PIXEL_BUDGET = 1 << 20  # input pixels per module call of an image op
@@ -111,11 +112,17 @@ class ModelRuntime:
                 return maps.flatten(1).amax(1), maps
             return score(x)[0], maps
 
+        def sample(noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            u, eps = noise[:, 0], noise[:, 1:]  # see app.latents.prior_noise
+            z = module.prior_latents(u, eps) if hasattr(module, "prior_latents") else eps
+            return z, module.decode(z)
+
         self._ops: dict[str, Op] = {
             "encode": encode,
             "decode": chunked(module.decode, per_call),
             "score": score,
             "score_heatmap": score_heatmap,
+            "sample": sample,
         }
 
     @classmethod
@@ -146,6 +153,8 @@ class ModelRuntime:
 
     def row_shape(self, op: str) -> tuple[int, ...]:
         """The shape of one input row of `op`."""
+        if op == "sample":
+            return (1 + self.latent_dim,)
         return (self.latent_dim,) if op == "decode" else self.metadata.image_shape
 
     def run(self, op: str, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:

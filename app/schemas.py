@@ -93,7 +93,11 @@ class SampleRequest(RequestModel):
     n: int = Field(1, ge=1, description="how many images; at most VAE_MAX_SAMPLES")
     seed: Seed | None = None
     temperature: float = Field(
-        1.0, ge=0.0, le=10.0, allow_inf_nan=False, description="scale on the prior's std"
+        1.0,
+        ge=0.0,
+        le=10.0,
+        allow_inf_nan=False,
+        description="scale on the prior's std (of each component, for a mixture prior)",
     )
     format: ImageFormat = "png"
 

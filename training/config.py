@@ -46,6 +46,12 @@ class TrainConfig:
     map_hidden: tuple[int, ...] = (16, 32, 64)
     map_sigma: float | None = None  # None: chosen on validation images with synthetic defects
     preset: str | None = None  # the recipe the flags started from (`training.presets`)
+    # Gaussian likelihood: sigma never below this (pixels in [0, 1]). A learned sigma
+    # that shrinks to ~0.003 makes the reconstruction outweigh the KL a thousandfold and
+    # drives the posteriors far from the prior; above 0.135 (its start) sigma is fixed.
+    min_sigma: float = 0.05
+    # sampling prior: a Gaussian mixture fitted to the training latents (0: N(0, I))
+    prior_components: int = 10
     # loss: the cures for KL vanishing
     beta: float = 1.0
     warmup_epochs: float = 10.0
@@ -111,6 +117,7 @@ class TrainConfig:
             crops_per_image=self.crops_per_image,
             map_hidden=self.map_hidden,
             map_sigma=self.map_sigma or 4.0,
+            min_sigma=self.min_sigma,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -146,6 +153,8 @@ class TrainConfig:
         _require(len(self.hidden) > 0 and min(self.hidden) > 0, "--hidden needs positive widths")
         for flag, value in self._positive_ints().items():
             _require(value >= 1, f"{flag} must be at least 1")
+        _require(0.0 < self.min_sigma <= 1.0, "--min-sigma must be in (0, 1]")
+        _require(self.prior_components >= 0, "--prior-components must not be negative")
         _require(self.lr > 0.0, "--lr must be positive")
         _require(self.beta >= 0.0, "--beta must not be negative")
         _require(self.warmup_epochs >= 0.0, "--warmup-epochs must not be negative")

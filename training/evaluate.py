@@ -6,6 +6,8 @@
                inspection preset against baselines (see `training.textures`)
     artifact   negative ELBO, IWAE -log p(x) and the flagged share of an exported
                artifact, computed by the artifact's own methods, on any data source
+    samples    sample quality of an artifact (`training.samples`): from N(0, I), from
+               its own sampling prior, and from a mixture fitted now to its latents
 
 The per-training metrics (validation negative ELBO and IWAE) are computed by
 `training.metrics` during `python -m training` and land in `model.json`.
@@ -21,6 +23,8 @@ from pathlib import Path
 from typing import get_args
 
 import torch
+from PIL import Image
+from torch import Tensor
 
 from app.artifact import ArtifactError, load_artifact
 from training import flags
@@ -35,6 +39,12 @@ from training.model import ScoreKind
 from training.pipeline import write_json
 from training.texture_report import markdown, run_textures, write_report
 from training.textures import TEXTURES
+from training.prior import encoder_means, fit_mixture, mixture_prior
+from training.samples import PriorFn, draw_samples, features, frechet_distance, sample_quality
+
+SAMPLES_EXAMPLE = """example:
+  python -m training.evaluate samples models/mnist --grid docs/samples
+"""
 
 ANOMALY_EXAMPLE = """example:
   python -m training.evaluate anomaly --epochs 30 --scores iwae,nelbo,recon
@@ -158,6 +168,33 @@ def build_parser() -> flags.Parser:
         help="k of the IWAE estimate",
     )
     artifact.add_argument("--json", help="also write the metrics here")
+    samples = commands.add_parser(
+        "samples",
+        help="sample quality of an exported artifact",
+        description="The share of samples the artifact's own score calls normal, and their\n"
+        "Frechet distance to the held-out images (pooled pixels), for N(0, I), the\n"
+        "artifact's sampling prior, and a mixture fitted now (--fit-mixture).",
+        epilog=SAMPLES_EXAMPLE,
+        formatter_class=flags.HelpFormatter,
+    )
+    samples.add_argument("directory", help="the artifact folder, e.g. models/mnist")
+    samples.add_argument("--data", default="mnist", help="its training data, as in training")
+    samples.add_argument("--classes", type=flags.int_list, help="as in training (default: all)")
+    samples.add_argument(
+        "--val-fraction", type=float, default=flags.DEFAULTS.val_fraction, help="as in training"
+    )
+    samples.add_argument(
+        "--seed", type=int, default=flags.DEFAULTS.seed, help="as in training; seeds the samples"
+    )
+    samples.add_argument(
+        "--fit-mixture",
+        type=int,
+        default=flags.DEFAULTS.prior_components,
+        help="components of a mixture fitted now to the artifact's latents of the training "
+        "split, what training does for new artifacts (0: skip)",
+    )
+    samples.add_argument("--grid", help="write a PNG of 64 samples per prior here (a folder)")
+    samples.add_argument("--json", help="also write the figures here")
     return parser
 
 
@@ -239,6 +276,63 @@ def artifact_command(args: argparse.Namespace) -> None:
         write_json(Path(args.json), {"artifact": args.directory, "data": args.data, **metrics})
 
 
+@torch.inference_mode()
+def samples_command(args: argparse.Namespace) -> None:
+    try:
+        module, metadata = load_artifact(Path(args.directory))
+    except ArtifactError as exc:
+        raise TrainingError(str(exc)) from None
+    images = load_images(args.data, metadata.height, metadata.channels)
+    if args.classes is not None:
+        images = select_classes(images, args.classes)
+    train_set, val_set = split(images, args.val_fraction, args.seed)
+    priors: dict[str, PriorFn | None] = {"standard normal": None}
+    if hasattr(module, "prior_latents") and metadata.sampling_prior.components > 0:
+        priors[f"the artifact's ({metadata.sampling_prior.components} components)"] = (
+            module.prior_latents
+        )
+    if args.fit_mixture > 0:
+        latents = encoder_means(module.encode, train_set.images)
+        mixture = fit_mixture(latents, args.fit_mixture, args.seed)
+        priors[f"mixture fitted now ({args.fit_mixture} components)"] = mixture_prior(*mixture)
+    threshold, dim = metadata.calibration.threshold, metadata.latent_dim
+    rows = {}
+    for name, prior in priors.items():
+        drawn = draw_samples(module.decode, prior, len(val_set), dim, args.seed)
+        rows[name] = sample_quality(drawn, val_set.images, module.score, threshold)
+        if args.grid:
+            _write_grid(drawn[:64], Path(args.grid) / f"{metadata.name}-{_slug(name)}.png")
+    data_fd = frechet_distance(features(train_set.images[: len(val_set)]), features(val_set.images))
+    held_out = float((score_images(module.score, val_set.images) <= threshold).double().mean())
+    print(f"| {metadata.name}: prior | samples scored normal | FD to held-out images |")
+    print("|---|---:|---:|")
+    for name, quality in rows.items():
+        print(f"| {name} | {100 * quality.normal_share:.1f}% | {quality.fd:.3g} |")
+    print(f"| (held-out images themselves) | {100 * held_out:.1f}% | {data_fd:.3g} |")
+    if args.json:
+        payload = {name: vars(quality) for name, quality in rows.items()}
+        payload |= {"held_out_normal_share": held_out, "data_fd": data_fd}  # type: ignore[dict-item]
+        write_json(Path(args.json), {"artifact": args.directory, "data": args.data, **payload})
+
+
+def _write_grid(images: Tensor, path: Path) -> None:
+    """Up to 64 images (N, C, H, W) in [0, 1] as one PNG, 8 per row."""
+    n, channels, height, width = images.shape
+    side = math.ceil(math.sqrt(n))
+    canvas = torch.ones(channels, side * (height + 2), side * (width + 2))
+    for index, image in enumerate(images):
+        top, left = (index // side) * (height + 2) + 1, (index % side) * (width + 2) + 1
+        canvas[:, top : top + height, left : left + width] = image
+    pixels = (canvas.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels.squeeze(-1) if channels == 1 else pixels).save(path)
+    print(f"grid: {path}")
+
+
+def _slug(name: str) -> str:
+    return "-".join("".join(c if c.isalnum() else " " for c in name).split()).lower()
+
+
 def _chunk(rows: int, samples: int) -> int:
     return max(1, math.ceil(rows / samples))
 
@@ -249,6 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "anomaly": anomaly_command,
         "textures": textures_command,
         "artifact": artifact_command,
+        "samples": samples_command,
     }
     command = commands[args.command]
     return run_cli(lambda: command(args))

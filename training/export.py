@@ -20,6 +20,7 @@ from app.artifact import (
     ArtifactError,
     Calibration,
     ModelMetadata,
+    SamplingPrior,
     load_artifact,
     save_artifact,
 )
@@ -40,6 +41,7 @@ def build_metadata(
     metrics: dict[str, float],
     data_fingerprint: str,
     world_size: int = 1,
+    prior_components: int = 0,
 ) -> ModelMetadata:
     """Everything `model.json` holds; `training` is the full recipe plus the network and
     the number of processes it ran on (torchrun's world size)."""
@@ -54,6 +56,7 @@ def build_metadata(
         architecture=model_config.architecture,
         preprocessing=preprocessing_for(model_config.channels),
         calibration=calibration,
+        sampling_prior=sampling_prior(prior_components),
         metrics=metrics,
         training={
             **config.to_dict(),
@@ -64,6 +67,13 @@ def build_metadata(
         torch_version=torch.__version__,
         created_at=datetime.now(UTC),
     )
+
+
+def sampling_prior(components: int) -> SamplingPrior:
+    """The metadata of a model with `components` mixture components fitted (0: none)."""
+    if components == 0:
+        return SamplingPrior(kind="standard-normal")
+    return SamplingPrior(kind="gaussian-mixture", components=components)
 
 
 def export_artifact(

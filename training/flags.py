@@ -171,6 +171,20 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
         help="spatial: Gaussian smoothing of the anomaly map, px (default: chosen on the "
         "validation images with synthetic defects)",
     )
+    group.add_argument(
+        "--min-sigma",
+        type=float,
+        default=DEFAULTS.min_sigma,
+        help="floor of the Gaussian likelihood's learned sigma (pixels in [0, 1]); at or "
+        "above 0.135, where sigma starts, it is a fixed sigma",
+    )
+    group.add_argument(
+        "--prior-components",
+        type=int,
+        default=DEFAULTS.prior_components,
+        help="components of the Gaussian mixture fitted to the training images' latents "
+        "after training, which /sample draws from (0: N(0, I))",
+    )
 
 
 def add_loss_flags(parser: argparse.ArgumentParser) -> None:

@@ -1,7 +1,8 @@
 """The variational autoencoder: encoder -> (mu, logvar), reparameterised sample, decoder.
 
 The public methods are the domain verbs and the artifact's TorchScript interface
-(see `app.artifact`): `encode`, `decode`, `elbo`, `iwae`, `score`, `pixel_nll`.
+(see `app.artifact`): `encode`, `decode`, `elbo`, `iwae`, `score`, `pixel_nll`, and
+`prior_latents`, which maps the caller's noise to latents of the sampling prior.
 Every exported method is deterministic except `elbo`/`iwae`, whose noise count the
 caller chooses; the anomaly `score` uses noise frozen into the module at build time,
 so an image's score never depends on which batch it is computed in.
@@ -34,6 +35,8 @@ Likelihood = Literal["bernoulli", "gaussian"]
 ScoreKind = Literal["nelbo", "iwae", "recon", "nelbo-ic", "iwae-ic", "recon-ic", "map"]
 
 LOG_2PI = math.log(2.0 * math.pi)
+LEGACY_MIN_SIGMA = math.exp(-6.0)  # the floor before it was a setting: configs without one
+MAX_LOG_SIGMA = 2.0
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class ModelConfig:
     score: ScoreKind = "nelbo-ic"
     score_samples: int = 1
     score_seed: int = 0
+    min_sigma: float = LEGACY_MIN_SIGMA  # floor of the Gaussian likelihood's sigma
     # spatial only: the image size it takes, and how it trains and smooths its map
     work_size: tuple[int, int] | None = None  # (height, width); None: image_size squared
     latent_channels: int = 8  # per 8x8 cell; latent_dim is then the whole map's size
@@ -102,6 +106,17 @@ def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
     Kingma & Welling (2014), Appendix B: -1/2 * (1 + log sigma^2 - mu^2 - sigma^2).
     """
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
+
+
+def mixture_latents(
+    u: Tensor, eps: Tensor, cdf: Tensor, means: Tensor, scale_tril: Tensor
+) -> Tensor:
+    """Draws from a Gaussian mixture given their noise: u (N,) in [0, 1) selects the
+    component whose cumulative weight `cdf` (K,) first exceeds it; eps (N, D) ~ N(0, I)
+    becomes means[k] + scale_tril[k] @ eps."""
+    k = torch.searchsorted(cdf, u.contiguous(), right=True).clamp(max=cdf.shape[0] - 1)  # (N,)
+    offset = torch.bmm(scale_tril[k], eps.unsqueeze(-1)).squeeze(-1)  # (N, D)
+    return means[k] + offset
 
 
 def _conv_sizes(image_size: int, levels: int) -> list[int]:
@@ -224,6 +239,15 @@ class VAE(nn.Module):
         self.log_sigma = nn.Parameter(torch.full((), -2.0))
         # the `-ic` scores' reference density: its own parameters, fitted on the training split
         self.complexity = GenericDensity(self.gaussian)
+        self.min_log_sigma = math.log(config.min_sigma)
+        self.max_log_sigma = MAX_LOG_SIGMA  # TorchScript reads attributes
+        # The sampling prior (`training.prior`): a Gaussian mixture fitted after training,
+        # none (N(0, I)) until then. Not in the state dict: checkpoints hold the weights
+        # that training learns, the artifact holds the mixture too.
+        dim = config.latent_dim
+        self.register_buffer("prior_cdf", torch.zeros(0), persistent=False)  # (K,)
+        self.register_buffer("prior_means", torch.zeros(0, dim), persistent=False)  # (K, D)
+        self.register_buffer("prior_scale_tril", torch.zeros(0, dim, dim), persistent=False)
         generator = torch.Generator().manual_seed(config.score_seed)
         self.register_buffer(
             "score_noise", torch.randn(config.score_samples, config.latent_dim, generator=generator)
@@ -242,13 +266,36 @@ class VAE(nn.Module):
         """(N, D) -> the mean of p(x|z), (N, C, H, W) in [0, 1]."""
         return torch.sigmoid(self.decoder(z))
 
+    @torch.jit.export
+    def prior_latents(self, u: Tensor, eps: Tensor) -> Tensor:
+        """The caller's noise -> latents of the sampling prior, (N, D); deterministic.
+
+        u (N,) uniform in [0, 1) picks a mixture component by its weight, eps (N, D) from
+        N(0, I) (times a temperature) places the latent within it: z = mean + L eps, L the
+        component's Cholesky factor. Without a fitted mixture the prior is N(0, I): z = eps.
+        """
+        if self.prior_means.shape[0] == 0:  # type: ignore[union-attr]
+            return eps
+        return mixture_latents(u, eps, self.prior_cdf, self.prior_means, self.prior_scale_tril)  # type: ignore[arg-type]
+
+    def set_sampling_prior(self, weights: Tensor, means: Tensor, covariances: Tensor) -> None:
+        """Carry a Gaussian mixture (K,), (K, D), (K, D, D) as the sampling prior."""
+        weights = weights.double() / weights.double().sum()
+        self.prior_cdf = weights.cumsum(0).float()
+        self.prior_means = means.float()
+        self.prior_scale_tril = torch.linalg.cholesky(covariances.double()).float()
+
     def reparameterize(self, mu: Tensor, logvar: Tensor, eps: Tensor) -> Tensor:
         return mu + eps * torch.exp(0.5 * logvar)
+
+    def _log_sigma(self) -> Tensor:
+        """The Gaussian likelihood's log sigma, held at or above the floor (`min_sigma`)."""
+        return self.log_sigma.clamp(self.min_log_sigma, self.max_log_sigma)
 
     def nll(self, logits: Tensor, x: Tensor) -> Tensor:
         """Per-pixel -log p(x|z) in nats, same shape as x."""
         if self.gaussian:
-            log_sigma = self.log_sigma.clamp(-6.0, 2.0)
+            log_sigma = self._log_sigma()
             mean = torch.sigmoid(logits)
             return 0.5 * ((x - mean) / log_sigma.exp()).pow(2) + log_sigma + 0.5 * self.log_2pi
         return F.binary_cross_entropy_with_logits(logits, x, reduction="none")

@@ -42,8 +42,10 @@ from training.metrics import (
     metrics_from,
     plan_evaluation,
 )
-from training.model import ModelConfig
+from training.model import VAE, ModelConfig
+from training.prior import fit_sampling_prior
 from training.progress import ProgressMeter
+from training.samples import draw_samples, features, frechet_distance, sample_quality
 from training.selection import choose_map_sigma
 from training.spatial import SpatialVAE
 from training.train import Log, TrainResult, resolve_device, train
@@ -259,8 +261,18 @@ def export(
         model_config, metrics = _choose_smoothing(config, data, model, model_config, metrics, log)
     scores = score_images(model.score, data.calibration.images)
     calibration = calibrate(scores, model_config, config.false_alarm_rate)
+    prior_components = 0  # a spatial model samples every latent cell from N(0, I)
+    if isinstance(model, VAE):
+        metrics = metrics | fit_and_measure_prior(config, data, model, calibration.threshold, log)
+        prior_components = int(model.prior_cdf.shape[0])
     metadata = build_metadata(
-        config, model_config, calibration, metrics, data.fingerprint, world_size
+        config,
+        model_config,
+        calibration,
+        metrics,
+        data.fingerprint,
+        world_size,
+        prior_components=prior_components,
     )
     artifact = export_artifact(
         model,
@@ -290,6 +302,37 @@ def _choose_smoothing(
     log(f"map smoothing: {choice.sigma:g} px (validation AUROC on synthetic defects: {table})")
     chosen = {"map_sigma": choice.sigma, "val_synthetic_auroc": choice.auroc[choice.sigma]}
     return replace(model_config, map_sigma=choice.sigma), metrics | chosen
+
+
+def fit_and_measure_prior(
+    config: TrainConfig, data: PreparedData, model: VAE, threshold: float, log: Log = print
+) -> dict[str, float]:
+    """Fit the sampling prior into `model` (`training.prior`) and measure the samples
+    it gives against those of N(0, I) (`training.samples`): the figures for model.json."""
+    dim, count, seed = model.latent_dim, len(data.val), config.seed
+    standard = draw_samples(model.decode, None, count, dim, seed)
+    figures = {
+        "data_fd": frechet_distance(features(data.train.images[:count]), features(data.val.images))
+    }
+    quality = {"standard_normal": sample_quality(standard, data.val.images, model.score, threshold)}
+    if config.prior_components > 0:
+        fit_sampling_prior(model, data.train.images, config.prior_components, seed)
+        fitted = draw_samples(model.decode, model.prior_latents, count, dim, seed)
+        quality["mixture"] = sample_quality(fitted, data.val.images, model.score, threshold)
+    for name, measured in quality.items():
+        figures[f"sample_normal_share_{name}"] = measured.normal_share
+        figures[f"sample_fd_{name}"] = measured.fd
+    shipped = quality.get("mixture", quality["standard_normal"])
+    figures["sample_normal_share"], figures["sample_fd"] = shipped.normal_share, shipped.fd
+    log(
+        "samples: "
+        + "; ".join(
+            f"{name.replace('_', ' ')}: {100 * q.normal_share:.1f}% scored normal, FD {q.fd:.3g}"
+            for name, q in quality.items()
+        )
+        + f" (held-out images: FD {figures['data_fd']:.3g} from the training images)"
+    )
+    return figures
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> Path:

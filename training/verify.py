@@ -58,6 +58,7 @@ outputs = {
     "iwae": (module.iwae(x, 2), (n,)),
     "score": (module.score(x), (n,)),
     "pixel_nll": (module.pixel_nll(x), (n, *shape)),
+    "prior_latents": (module.prior_latents(torch.rand(n), mu), (n, meta.latent_dim)),
 }
 if hasattr(module, "anomaly_map"):
     outputs["anomaly_map"] = (module.anomaly_map(x), (n, 1, *shape[1:]))
@@ -74,6 +75,7 @@ if TYPE_CHECKING:
 def check_matches_eager(model: AnyVAE, loaded: torch.jit.ScriptModule, images: Tensor) -> None:
     """Every artifact method, scripted vs eager, on the first images of a real batch."""
     x = images[:CHECK_BATCH].cpu()
+    u = torch.linspace(0.0, 0.999, len(x))  # every mixture component's share of [0, 1)
     with torch.inference_mode():
         mu = model.encode(x)[0]
         pairs = {
@@ -81,6 +83,7 @@ def check_matches_eager(model: AnyVAE, loaded: torch.jit.ScriptModule, images: T
             "decode": (model.decode(mu), loaded.decode(mu)),
             "score": (model.score(x), loaded.score(x)),
             "pixel_nll": (model.pixel_nll(x), loaded.pixel_nll(x)),
+            "prior_latents": (model.prior_latents(u, mu), loaded.prior_latents(u, mu)),
             "elbo": (_seeded(model.elbo, x), _seeded(loaded.elbo, x)),
             "iwae": (_seeded(model.iwae, x), _seeded(loaded.iwae, x)),
         }

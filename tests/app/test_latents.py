@@ -10,6 +10,7 @@ from app.latents import (
     interpolation_path,
     linear_path,
     posterior_sample,
+    prior_noise,
     prior_sample,
     slerp_path,
 )
@@ -28,6 +29,16 @@ def test_prior_sample_does_not_touch_the_global_generator():
     torch.manual_seed(0)
     prior_sample(4, 4, temperature=1.0, seed=3)
     assert torch.equal(torch.rand(1), expected)
+
+
+def test_prior_noise_is_a_component_pick_then_the_old_normal_draws():
+    noise = prior_noise(500, 3, temperature=0.5, seed=1)
+    assert (
+        noise.shape == (500, 4) and 0.0 <= float(noise[:, 0].min()) < float(noise[:, 0].max()) < 1.0
+    )
+    assert torch.equal(noise[:, 1:], prior_sample(500, 3, temperature=0.5, seed=1))
+    assert torch.equal(noise[:, 0], prior_noise(500, 3, temperature=2.0, seed=1)[:, 0])
+    assert torch.equal(noise, prior_noise(500, 3, temperature=0.5, seed=1))
 
 
 def test_posterior_sample_reparameterises():

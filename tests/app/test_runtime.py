@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import copy
+from pathlib import Path
+
 import pytest
 import torch
 
+from app.artifact import save_artifact
 from app.buckets import Buckets
 from app.config import Settings
+from app.latents import prior_noise, prior_sample
 from app.runtime import OPS, WARMUP_PASSES, ModelRuntime, StartupError, pick_device
+from tests.conftest import tiny_metadata
+
+SHIPPED = Path(__file__).resolve().parents[2] / "models" / "mnist"
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +47,7 @@ def test_missing_artifact_is_a_one_line_startup_error(tmp_path):
         ("decode", 5, [(5, 1, 28, 28)]),
         ("score", 1, [(1,)]),
         ("score_heatmap", 7, [(7,), (7, 1, 28, 28)]),
+        ("sample", 2, [(2, 4), (2, 1, 28, 28)]),
     ],
 )
 def test_ops_return_one_row_per_input_row(runtime, op, rows, shapes):
@@ -46,6 +55,31 @@ def test_ops_return_one_row_per_input_row(runtime, op, rows, shapes):
     outputs = runtime.run(op, batch)
     assert [tuple(o.shape) for o in outputs] == shapes
     assert all(o.device.type == "cpu" and o.dtype == torch.float32 for o in outputs)
+
+
+def test_sample_maps_noise_through_the_artifacts_mixture(tiny_vae, tmp_path):
+    model = copy.deepcopy(tiny_vae)
+    model.set_sampling_prior(
+        torch.tensor([0.5, 0.5]),
+        torch.tensor([[-6.0] * 4, [6.0] * 4]),
+        torch.eye(4).repeat(2, 1, 1),
+    )
+    save_artifact(model, tiny_metadata(model), tmp_path / "mixture")
+    runtime = ModelRuntime.load(tmp_path / "mixture", Settings(device="cpu", max_batch_size=8))
+    noise = prior_noise(6, 4, temperature=0.0, seed=3)  # temperature 0: the component means
+    latents, images = runtime.run("sample", noise)
+    assert {tuple(z.tolist()) for z in latents} == {(-6.0,) * 4, (6.0,) * 4}
+    assert torch.allclose(images, runtime.run("decode", latents)[0])
+
+
+def test_an_artifact_without_a_sampling_prior_samples_the_standard_normal():
+    """The shipped MNIST artifact predates `prior_latents`: /sample keeps its N(0, I)."""
+    runtime = ModelRuntime.load(SHIPPED, Settings(device="cpu", max_batch_size=8))
+    assert not hasattr(runtime.module, "prior_latents")
+    noise = prior_noise(3, 32, temperature=0.7, seed=5)
+    latents, _ = runtime.run("sample", noise)
+    assert torch.equal(latents, noise[:, 1:])
+    assert torch.equal(latents, prior_sample(3, 32, temperature=0.7, seed=5))  # as before
 
 
 def test_padding_to_a_bucket_does_not_change_results(runtime):

@@ -155,7 +155,7 @@ async def test_deadline_header_gives_504_in_time(http):
 
 async def test_queued_request_of_a_departed_client_is_not_computed(http, slow_server, artifact_dir):
     await asyncio.sleep(0.2)  # earlier tests' batches are done
-    rows = f'vae_batch_rows_sum{{model="{artifact_dir.name}",op="decode",version="1"}}'
+    rows = f'vae_batch_rows_sum{{model="{artifact_dir.name}",op="sample",version="1"}}'
     before = await metric(http, rows)
     # `ahead` fills the next two full batches (about 100 ms of model time); the impatient
     # request queues behind them and its client hangs up before a batch could take it

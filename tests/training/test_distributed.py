@@ -97,7 +97,7 @@ class Torchrun:
         ]  # fmt: skip
         env = {**os.environ, "OMP_NUM_THREADS": "1"}  # torchrun's own choice, minus its warning
         done = subprocess.run(
-            command, capture_output=True, text=True, cwd=self.base, env=env, timeout=120
+            command, capture_output=True, text=True, cwd=self.base, env=env, timeout=300
         )
         assert done.returncode == 0, done.stderr[-3000:]
         return done
