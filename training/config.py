@@ -63,6 +63,7 @@ class TrainConfig:
     augment_shift: int = 1  # 2 px shifts centred digits too far: worse validation ELBO
     max_minutes: float | None = None
     device: str = "auto"
+    dist_timeout_minutes: float = 10.0  # torchrun: NCCL's default wait at a collective
     threads: int | None = None  # CPU threads; None: torch's default, one per core
     resume: str | None = None
     # outputs
@@ -166,6 +167,7 @@ class TrainConfig:
         _require(0.0 < self.false_alarm_rate < 1.0, "--false-alarm-rate must be in (0, 1)")
         _require(self.max_minutes is None or self.max_minutes > 0, "--max-minutes must be positive")
         _require(self.threads is None or self.threads >= 1, "--threads must be at least 1")
+        _require(self.dist_timeout_minutes > 0, "--dist-timeout-minutes must be positive")
         return self
 
     def _side(self) -> int:

@@ -10,9 +10,13 @@ gradients in backward, so the replicas stay identical. `--batch-size` is the glo
 batch: each rank takes batch_size / world_size images a step, so a recipe means the
 same thing at any scale (the same steps per epoch, hence the same schedules).
 Validation is split over the ranks and all-reduced, so all of them agree on the best
-epoch, and so is the final evaluation. Rank 0 alone writes checkpoints, metrics and the
-artifact; the others wait for it at a barrier. CPU ranks talk over gloo, GPU ranks
-over NCCL, each rank on the GPU of its local rank.
+epoch, and so is the final evaluation. Rank 0 alone writes checkpoints, calibrates and
+exports; the others leave once the evaluation is done instead of waiting at a barrier,
+so rank 0's export, however long, never runs into the process group's timeout
+(`--dist-timeout-minutes`, which bounds how long a rank waits for the others at a
+collective). Every per-step decision is taken without a collective: the time budget is
+read by rank 0 and broadcast at sync points (`training.budget.Pace`). CPU ranks talk
+over gloo, GPU ranks over NCCL, each rank on the GPU of its local rank.
 
 Without torchrun the world is one rank and nothing here touches `torch.distributed`:
 a plain run computes exactly what it did before this module existed.
@@ -25,6 +29,7 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -121,10 +126,6 @@ class World:
         dist.broadcast(shared, src=0)
         return shared.tolist()
 
-    def barrier(self) -> None:
-        if self.size > 1:
-            dist.barrier()
-
     def seed_rank(self, seed: int) -> None:
         """Reseed so that each rank draws its own shifts and noise; alone, keep the stream."""
         if self.size > 1:
@@ -165,16 +166,17 @@ def current() -> World:
 
 
 @contextmanager
-def process_group(world: World, device: torch.device) -> Iterator[None]:
-    """The ranks joined for the block: NCCL on CUDA, gloo on the CPU; nothing when alone."""
+def process_group(world: World, device: torch.device, timeout: timedelta) -> Iterator[None]:
+    """The ranks joined for the block: NCCL on CUDA, gloo on the CPU; nothing when alone.
+    A collective that waits longer than `timeout` for the other ranks fails the job."""
     if world.size == 1:
         yield
         return
     if device.type == "cuda":
         torch.cuda.set_device(device)
-        dist.init_process_group("nccl", device_id=device)
+        dist.init_process_group("nccl", device_id=device, timeout=timeout)
     else:
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", timeout=timeout)
     try:
         yield
     finally:

@@ -238,6 +238,13 @@ def add_optim_flags(parser: argparse.ArgumentParser, resume: bool = True) -> Non
         help="'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1', ...",
     )
     group.add_argument(
+        "--dist-timeout-minutes",
+        type=float,
+        default=DEFAULTS.dist_timeout_minutes,
+        help="under torchrun: how long a rank waits for the others at a collective before "
+        "the job fails (rank 0's export alone never counts: the others have left)",
+    )
+    group.add_argument(
         "--threads",
         type=int,
         help="CPU threads for torch (default: one per core); on a busy machine 1 can be "

@@ -82,7 +82,9 @@ def format_seconds(seconds: float) -> str:
     """12s, 3m05s, 2h10m: durations for people."""
     if not math.isfinite(seconds):
         return "?"
-    seconds = max(0, round(seconds))
+    if seconds < 10:
+        return f"{max(0.0, seconds):.1f}s"
+    seconds = round(seconds)
     if seconds < 60:
         return f"{seconds}s"
     if seconds < 3600:

@@ -18,6 +18,7 @@ import json
 import math
 import time
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -125,12 +126,14 @@ def _log_now(line: str) -> None:
 def run(config: TrainConfig, log: Log = _log_now, started: float | None = None) -> FitResult | None:
     """`python -m training`, within `--max-minutes` of `started` (default: now). Under
     torchrun every rank trains on its shards and evaluates its share of the validation
-    images, then rank 0 calibrates and exports while the others wait and return None."""
+    images, then rank 0 calibrates and exports while the others return None at once."""
     now = time.monotonic()
     started = now if started is None else started
     budget = Budget(config.max_minutes, started, startup=now - started)
     world = distributed.current()
-    with distributed.process_group(world, world.rank_device(resolve_device(config.device))):
+    device = world.rank_device(resolve_device(config.device))
+    timeout = timedelta(minutes=config.dist_timeout_minutes)
+    with distributed.process_group(world, device, timeout):
         data = prepare_data(config)
         main_log = world.main_only(log)
         for line in describe_run(config, data):
@@ -142,16 +145,16 @@ def run(config: TrainConfig, log: Log = _log_now, started: float | None = None) 
                 f"its shards of {len(data.train)} per epoch"
             )
         measured = measure(config, data, result, budget, main_log, world)
-        fitted = None
-        if world.is_main:
-            exporting = time.monotonic()
-            fitted = export(config, data, result, measured, log, world_size=world.size)
-            log(
-                f"exported in {format_seconds(time.monotonic() - exporting)}; "
-                f"{format_seconds(budget.elapsed())} in all"
-                + (f" of --max-minutes {config.max_minutes}" if budget.bounded else "")
-            )
-        world.barrier()  # no rank exits before the artifact is written
+        if not world.is_main:  # nothing left to share: no rank waits on rank 0's export
+            log(f"rank {world.rank} of {world.size}: done; rank 0 calibrates and exports")
+            return None
+        exporting = time.monotonic()
+        fitted = export(config, data, result, measured, log, world_size=world.size)
+        log(
+            f"exported in {format_seconds(time.monotonic() - exporting)}; "
+            f"{format_seconds(budget.elapsed())} in all"
+            + (f" of --max-minutes {config.max_minutes}" if budget.bounded else "")
+        )
     return fitted
 
 

@@ -89,10 +89,11 @@ class Torchrun:
     base: Path
     tiny_flags: list[str]
 
-    def __call__(self, *flags: str) -> subprocess.CompletedProcess[str]:
+    def __call__(self, *flags: str, script: Path | None = None) -> subprocess.CompletedProcess[str]:
+        entry = ["-m", "training"] if script is None else [str(script)]
         command = [
             sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-            "-m", "training", "--data", "bars.npz", *self.tiny_flags, "--threads", "1",
+            *entry, "--data", "bars.npz", *self.tiny_flags, "--threads", "1",
             "--name", "tiny", *flags,
         ]  # fmt: skip
         env = {**os.environ, "OMP_NUM_THREADS": "1"}  # torchrun's own choice, minus its warning
@@ -153,3 +154,64 @@ def test_every_rank_resumes_from_the_same_checkpoint(torchrun, two_ranks) -> Non
     _, meta = load_artifact(torchrun.base / "resumed-model")
     assert meta.metrics["epochs_trained"] == 3 and meta.training["world_size"] == 2
     assert torch.load(torchrun.base / "resumed" / LAST, weights_only=True)["epoch"] == 3
+
+
+COUNT_COLLECTIVES = """
+import json, os, sys
+import torch.distributed as dist
+
+counts = {}
+
+def counted(name, collective):
+    def call(*args, **kwargs):
+        counts[name] = counts.get(name, 0) + 1
+        return collective(*args, **kwargs)
+    return call
+
+for name in ("all_reduce", "broadcast", "barrier", "all_gather", "reduce", "gather", "scatter"):
+    setattr(dist, name, counted(name, getattr(dist, name)))
+
+from training.cli import main
+
+status = main(sys.argv[1:])
+with open(f"collectives-{os.environ['RANK']}.json", "w") as out:
+    json.dump(counts, out)
+sys.exit(status)
+"""
+
+
+def test_the_stop_decision_costs_no_collective_per_step(torchrun) -> None:
+    """Under --max-minutes, 2 epochs of 43 steps: the ranks agree on stopping at sync
+    points (one broadcast each), not with a collective per step (DDP's own gradient
+    all-reduce runs inside its C++ reducer and is not counted here)."""
+    script = torchrun.base / "count_collectives.py"
+    script.write_text(COUNT_COLLECTIVES)
+    torchrun(
+        "--batch-size", "2", "--max-minutes", "10", "--checkpoint-dir", "counted",
+        "--out", "counted-model", script=script,
+    )  # fmt: skip
+    steps = 2 * math.ceil(86 / 2)
+    for rank in (0, 1):
+        counts = json.loads((torchrun.base / f"collectives-{rank}.json").read_text())
+        # per epoch a validation mean and a sync; the first step's sync; the evaluation's
+        # plan and sums: 8, where a collective per step would make it 86 more
+        assert sum(counts.values()) <= 10 < steps, counts
+
+
+def test_rank_0_exports_alone_past_a_short_process_group_timeout(torchrun) -> None:
+    """The other ranks leave once the shared evaluation is done: nobody waits on a
+    collective while rank 0 calibrates and exports, however long that takes."""
+    timeout_minutes = 0.04
+    done = torchrun(
+        "--dist-timeout-minutes", str(timeout_minutes), "--checkpoint-dir", "short",
+        "--out", "short-model",
+    )  # fmt: skip
+    lines = done.stdout.splitlines()
+    left = next(i for i, line in enumerate(lines) if line.startswith("rank 1 of 2: done"))
+    exported = next(i for i, line in enumerate(lines) if line.startswith("exported in"))
+    assert left < exported
+    took = re.search(r"exported in (?:(\d+)m)?([\d.]+)s", lines[exported])
+    assert took is not None
+    seconds = 60 * float(took.group(1) or 0) + float(took.group(2))
+    assert seconds > 60 * timeout_minutes  # rank 0 worked alone past the timeout
+    assert load_artifact(torchrun.base / "short-model")[1].training["world_size"] == 2

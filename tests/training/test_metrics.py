@@ -81,7 +81,8 @@ def test_the_evaluation_stops_at_its_deadline(tiny_config, synthetic) -> None:
 
 
 def test_durations_read_like_durations() -> None:
-    assert [format_seconds(s) for s in (0.4, 59, 65, 3725)] == ["0s", "59s", "1m05s", "1h02m"]
+    seconds = (0.44, 12.4, 59, 65, 3725)
+    assert [format_seconds(s) for s in seconds] == ["0.4s", "12s", "59s", "1m05s", "1h02m"]
 
 
 def test_bits_per_dim_counts_a_density_over_8_bit_values() -> None:
