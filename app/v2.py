@@ -47,7 +47,7 @@ from app.errors import (
     UnknownModelError,
 )
 from app.inference import Inference
-from app.latents import draw_seed, interpolation_path, posterior_sample, prior_sample
+from app.latents import draw_seed, interpolation_path, posterior_sample, prior_noise
 from app.repository import ModelRepository, ModelVersion
 from app.tensors import (
     HEADER_LENGTH,
@@ -206,9 +206,9 @@ async def infer_sample(
     if not 0.0 <= temperature <= 10.0:
         raise OutOfRangeError(f"temperature={temperature}: between 0 and 10")
     seed = _seed(request)
-    latents = prior_sample(n, model.metadata.latent_dim, temperature=temperature, seed=seed)
+    noise = prior_noise(n, model.metadata.latent_dim, temperature=temperature, seed=seed)
     context.items = n
-    images = await model.decode(latents, context)
+    latents, images = await model.sample(noise, context)  # the artifact's sampling prior
     return {"images": _fp32(images), "latents": _fp32(latents)}, {"seed": seed}
 
 
