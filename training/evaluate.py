@@ -37,10 +37,10 @@ from training.errors import ConfigError, TrainingError
 from training.metrics import chunk_rows
 from training.model import ScoreKind
 from training.pipeline import write_json
-from training.texture_report import markdown, run_textures, write_report
-from training.textures import TEXTURES
 from training.prior import encoder_means, fit_mixture, mixture_prior
 from training.samples import PriorFn, draw_samples, features, frechet_distance, sample_quality
+from training.texture_report import markdown, run_textures, write_report
+from training.textures import TEXTURES
 
 SAMPLES_EXAMPLE = """example:
   python -m training.evaluate samples models/mnist --grid docs/samples
