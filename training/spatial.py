@@ -264,7 +264,8 @@ class SpatialVAE(nn.Module):
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
         recon = self.nll(self.decoder(z), clean).flatten(1).sum(1)
         kl = gaussian_kl(mu, logvar).sum(dim=(2, 3))  # (N, L)
-        reconstruction = torch.sigmoid(self.decoder(mu)).detach()
+        with torch.no_grad():  # the map head learns from it; the VAE does not learn through it
+            reconstruction = torch.sigmoid(self.decoder(mu))
         logits = self.map_head(torch.cat([corrupted, reconstruction], dim=1))
         return recon, kl, mu, map_loss(logits, mask)
 

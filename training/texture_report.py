@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
-from app.artifact import load_artifact
+from app.artifact import ModelMetadata, load_artifact
 from app.preprocessing import preprocessing_for
 from training.config import TrainConfig
 from training.dataset import ImageSet
@@ -33,6 +34,7 @@ from training.textures import (
     measure,
     model_input,
     pca_baseline,
+    vae_map_scores,
 )
 from training.train import Log
 
@@ -92,11 +94,16 @@ def run_texture(
         measure("brightness", brightness_baseline(data), data),
         measure("pca", pca_baseline(data), data),
     ]
-    whole_scores = _fit_and_score(
+    module, metadata = _fit(
         whole_image_config(name, work_dir, whole), data, log, isolated_check, resize=True
     )
-    results.append(measure("whole-image VAE", whole_scores, data))
-    ours = _fit_and_score(inspection_config(name, work_dir, inspection), data, log, isolated_check)
+    results.append(measure("whole-image VAE", artifact_scores(module, metadata, data), data))
+    module, metadata = _fit(
+        inspection_config(name, work_dir, inspection), data, log, isolated_check
+    )
+    for method, scores in vae_map_scores(module, metadata, data).items():
+        results.append(measure(method, scores, data))
+    ours = artifact_scores(module, metadata, data)
     results.append(measure("inspection", ours, data))
     for result in results:
         log(
@@ -106,17 +113,17 @@ def run_texture(
     return TextureRun(name, results, time.monotonic() - started, _examples(data, ours))
 
 
-def _fit_and_score(
+def _fit(
     config: TrainConfig, data: TextureSet, log: Log, isolated_check: bool, resize: bool = False
-) -> Scores:
+) -> tuple[torch.jit.ScriptModule, ModelMetadata]:
+    """Train and export through the real pipeline; the loaded artifact."""
     train = data.train
     if resize:  # the whole-image model sees its images at its own size, as served
         size = (config.image_size, config.image_size)
         train = model_input(train, preprocessing_for(train.shape[1]), size)
     prepared = prepare_data(config, ImageSet(train))
     fit = fit_and_export(config, prepared, log, isolated_check)
-    module, metadata = load_artifact(fit.artifact)
-    return artifact_scores(module, metadata, data)
+    return load_artifact(fit.artifact)
 
 
 def _examples(data: TextureSet, scores: Scores) -> np.ndarray:

@@ -21,6 +21,7 @@ normal test images, for the inspection preset and, in the same run, for the base
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -218,22 +219,65 @@ def artifact_scores(
     """An artifact's own `score` and heat map (`anomaly_map`, else its channel-summed
     `pixel_nll`) resized back to the crops' size, with its calibrated threshold."""
 
+    def evidence(inputs: Tensor) -> tuple[Tensor, Tensor]:
+        if hasattr(module, "anomaly_map"):
+            return module.score(inputs), module.anomaly_map(inputs)
+        return module.score(inputs), module.pixel_nll(inputs).sum(1, keepdim=True)
+
+    scores = _run(evidence, metadata, data)
+    scores.threshold = metadata.calibration.threshold
+    return scores
+
+
+def vae_map_scores(
+    module: torch.jit.ScriptModule, metadata: ModelMetadata, data: TextureSet
+) -> dict[str, Scores]:
+    """Two other maps of the same spatial artifact, for comparison with its map head:
+    the reconstruction nll per pixel, and the KL of each latent cell (what it costs to
+    encode that place), each smoothed like the baselines; the score is the map's peak."""
+    stride = metadata.height // _cells(metadata)[1]
+
+    def recon(inputs: Tensor) -> tuple[Tensor, Tensor]:
+        heat = smooth_map(module.pixel_nll(inputs).sum(1))[:, None]
+        return heat.flatten(1).amax(1), heat
+
+    def kl(inputs: Tensor) -> tuple[Tensor, Tensor]:
+        mu, logvar = module.encode(inputs)
+        cells = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar)
+        per_cell = cells.view(len(inputs), *_cells(metadata)).sum(1, keepdim=True)
+        heat = F.interpolate(per_cell, scale_factor=float(stride), mode="bilinear")
+        heat = smooth_map(heat[:, 0])[:, None]
+        return heat.flatten(1).amax(1), heat
+
+    return {
+        "VAE reconstruction nll map": _run(recon, metadata, data),
+        "VAE latent KL map": _run(kl, metadata, data),
+    }
+
+
+def _cells(metadata: ModelMetadata) -> tuple[int, int, int]:
+    """(L, h, w) of a spatial artifact's latent map, from its size and latent_dim."""
+    channels = metadata.training["model_config"]["latent_channels"]
+    stride = 2 ** len(metadata.training["model_config"]["hidden"])
+    return channels, metadata.height // stride, metadata.width // stride
+
+
+def _run(
+    evidence: Callable[[Tensor], tuple[Tensor, Tensor]], metadata: ModelMetadata, data: TextureSet
+) -> Scores:
+    """`evidence` (inputs at the model's size -> scores (N,), maps (N, 1, H, W)) on every
+    test crop, fed as the service would; maps resized back to the crops' size."""
     size = (metadata.width, metadata.height)
 
     def run(x: Tensor) -> tuple[Tensor, Tensor]:
         scores, maps = [], []
         for batch in x.split(16):
-            inputs = model_input(batch, metadata.preprocessing, size)
-            scores.append(module.score(inputs))
-            if hasattr(module, "anomaly_map"):
-                heat = module.anomaly_map(inputs)
-            else:
-                heat = module.pixel_nll(inputs).sum(1, keepdim=True)
+            score, heat = evidence(model_input(batch, metadata.preprocessing, size))
+            scores.append(score)
             maps.append(F.interpolate(heat, size=tuple(batch.shape[2:]), mode="bilinear")[:, 0])
         return torch.cat(scores), torch.cat(maps)
 
     with torch.inference_mode():
         normal, normal_maps = run(data.normal)
         defective, defective_maps = run(data.defective)
-    threshold = metadata.calibration.threshold
-    return Scores(normal, defective, normal_maps, defective_maps, threshold)
+    return Scores(normal, defective, normal_maps, defective_maps)
