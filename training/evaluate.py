@@ -123,8 +123,9 @@ def build_parser() -> flags.Parser:
     textures.add_argument(
         "--max-minutes",
         type=float,
-        default=5.0,
-        help="each model's whole training run (the preset's own bound is 14)",
+        default=60.0,
+        help="a safety cap on each model's run: the runs are bounded by epochs, so that the "
+        "figures do not depend on how busy the machine is",
     )
     textures.add_argument(
         "--epochs", type=int, default=40, help="the inspection model's epochs (at most)"
