@@ -10,7 +10,7 @@ in-flight requests are always waited for. Latency is measured from the moment a 
 was due: in the closed loop that is when a worker sends it, in the open loop it is its
 slot in the arrival schedule, so a server that falls behind shows its backlog in the
 latencies (no coordinated omission). Requests cycle through `targets`, one `(url, body)`
-each.
+each, or `(url, body, headers)` for a request that is not plain JSON.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 
-Target = tuple[str, bytes]  # (url, JSON body)
+Target = tuple[str, bytes] | tuple[str, bytes, dict[str, str]]  # (url, body[, headers])
 T = TypeVar("T")
 HEADERS = {"content-type": "application/json"}
 
@@ -64,9 +64,10 @@ def _session(connections: int, timeout: float) -> aiohttp.ClientSession:
 async def _send(
     session: aiohttp.ClientSession, target: Target, due: float, samples: Samples
 ) -> None:
-    url, body = target
+    url, body = target[0], target[1]
+    headers = target[2] if len(target) > 2 else None
     try:
-        async with session.post(url, data=body) as response:
+        async with session.post(url, data=body, headers=headers) as response:
             await response.read()
     except TimeoutError:
         samples.errors["timeout"] += 1

@@ -37,6 +37,7 @@ class ServerSpec:
     app: str  # uvicorn's import string
     env: dict[str, str]
     factory: bool = False  # `app` is a factory (uvicorn --factory)
+    cwd: Path = REPO_ROOT  # the checkout whose `app` it serves (another one: a before/after)
 
 
 class Server:
@@ -61,7 +62,7 @@ class Server:
         with self.log.open("wb") as log:
             started = time.perf_counter()
             self._process = subprocess.Popen(
-                command, cwd=REPO_ROOT, env={**env, **self.spec.env}, stdout=log, stderr=log
+                command, cwd=self.spec.cwd, env={**env, **self.spec.env}, stdout=log, stderr=log
             )
         try:
             self._wait_ready()

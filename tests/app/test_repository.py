@@ -273,3 +273,22 @@ async def test_a_flooded_model_does_not_hold_up_another(serve, repository, batch
         assert not all(task.done() for task in flood)  # alpha was measured inside the flood
         assert {response.status_code for response in await asyncio.gather(*flood)} == {200}
     assert flooded - idle < 2 * batch_time, (idle, flooded)
+
+
+async def test_a_changed_version_is_reloaded_in_place(serve, tmp_path, make_artifact, images):
+    """The same version number with new files (moved into place): the new load replaces
+    the old one once ready; the listing never shows two ready loads for long."""
+    root = build(tmp_path, make_artifact, {"alpha": {1: 1}})
+    async with serve(
+        model_dir=None, model_repository=root, default_model="alpha", poll_s=0.05
+    ) as client:
+        before = await mu(client, "/encode", images)
+        staged = tmp_path / "staged"
+        shutil.copytree(make_artifact(2), staged)
+        (root / "alpha" / "1").rename(tmp_path / "old")
+        staged.rename(root / "alpha" / "1")
+        deadline = time.monotonic() + 20
+        while np.allclose(await mu(client, "/encode", images), before, atol=1e-5):
+            assert time.monotonic() < deadline, "the changed version was not reloaded"
+            await asyncio.sleep(0.02)
+        await wait_for(client, lambda states: states["alpha"] == [(1, "ready")])
