@@ -122,6 +122,15 @@ class Server:
         match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
         return round(int(match.group(1)) / 1024, 1) if match else None
 
+    def cpu_seconds(self) -> float | None:
+        """CPU time (user + system, every thread) the uvicorn process has used so far."""
+        assert self._process is not None
+        try:
+            fields = Path(f"/proc/{self._process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def batch_metrics(self) -> dict[str, float]:
         """The batch-size and model-time series of `/metrics` (empty if it has none)."""
         try:
