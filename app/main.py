@@ -176,6 +176,7 @@ async def _serving(
                 poller.cancel()
                 await asyncio.gather(poller, return_exceptions=True)
             await _drain(batcher, lifecycle, settings.drain_timeout_s)
+            await models.close()
 
 
 async def _drain(batcher: Batcher, lifecycle: Lifecycle, timeout_s: float) -> None:

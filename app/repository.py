@@ -193,14 +193,18 @@ class ModelRepository:
 
     async def load(self, name: str) -> ModelVersion:
         """An admin's load (or reload) of `name`: what its newest version's load gave."""
+        async with self._lock:
+            self._on_disk = await to_thread.run_sync(self._scanner.scan)
+        if name not in self._on_disk:
+            raise UnknownModelError(f"no model named {name!r} in {self.root}")
         self._unloaded.discard(name)
         if self._chosen is not None:
             self._chosen.add(name)
         await self.sync(only=name)
-        if not self.table.versions(name):
-            self._unloaded.add(name)  # nothing on disk: as if never asked
+        versions = self.table.versions(name)
+        if not versions:  # its files went between the two scans
             raise UnknownModelError(f"no model named {name!r} in {self.root}")
-        return self.table.versions(name)[-1]
+        return versions[-1]
 
     async def unload(self, name: str) -> None:
         """An admin's unload: every version drains and goes; polling will not bring it back."""
@@ -213,6 +217,12 @@ class ModelRepository:
         """Wait for every version that is unloading to be gone."""
         while self._unloading:
             await asyncio.gather(*self._unloading, return_exceptions=True)
+
+    async def close(self) -> None:
+        """At shutdown, once the batcher has drained: stop the unloads still waiting."""
+        for task in list(self._unloading):
+            task.cancel()
+        await asyncio.gather(*self._unloading, return_exceptions=True)
 
     async def poll(self, interval_s: float) -> None:
         """Sync every `interval_s` until cancelled; a failing sync is logged, not fatal."""

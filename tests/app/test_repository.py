@@ -144,6 +144,13 @@ async def test_management_routes_need_an_admin_key_and_are_off_without_one(
             await admin.post("/models/beta/encode", json={"images": images(1)}, headers=user)
         ).status_code == 200
         assert_error(await admin.post("/models/gamma/load", headers=root), 404, "model_not_found")
+        shutil.copytree(repository / "beta", repository / "gamma")  # it arrives later
+        try:
+            late = await admin.post("/models/gamma/load", headers=root)
+            assert [v["state"] for v in late.json()["versions"]] == ["ready"]
+            assert (await admin.post("/models/gamma/unload", headers=root)).status_code == 200
+        finally:
+            shutil.rmtree(repository / "gamma")
 
 
 async def wait_for(client, condition, timeout: float = 20.0) -> dict:
@@ -247,7 +254,7 @@ def batch_time(monkeypatch) -> float:
 
 async def test_a_flooded_model_does_not_hold_up_another(serve, repository, batch_time):
     """beta is flooded with 24 full batches (about 0.5 s of model time); alpha's
-    requests meanwhile wait at most for the batch in the worker, not for the flood."""
+    requests meanwhile wait for the batch in the worker, not for the flood."""
     async with serve(model_dir=None, model_repository=repository, default_model="alpha") as client:
 
         async def alpha_p50() -> float:
@@ -272,7 +279,10 @@ async def test_a_flooded_model_does_not_hold_up_another(serve, repository, batch
         flooded = await alpha_p50()
         assert not all(task.done() for task in flood)  # alpha was measured inside the flood
         assert {response.status_code for response in await asyncio.gather(*flood)} == {200}
-    assert flooded - idle < 2 * batch_time, (idle, flooded)
+    # fair turns: alpha waits for at most the batch in the worker (one batch time, plus
+    # a loaded machine's noise); first come, first served it would wait out the flood,
+    # about 24 batch times
+    assert flooded - idle < 5 * batch_time, (idle, flooded)
 
 
 async def test_a_changed_version_is_reloaded_in_place(serve, tmp_path, make_artifact, images):
