@@ -128,10 +128,10 @@ def build_parser() -> flags.Parser:
         "figures do not depend on how busy the machine is",
     )
     textures.add_argument(
-        "--epochs", type=int, default=40, help="the inspection model's epochs (at most)"
+        "--epochs", type=int, default=20, help="the inspection model's epochs (at most)"
     )
     textures.add_argument(
-        "--whole-epochs", type=int, default=30, help="the whole-image VAE's epochs"
+        "--whole-epochs", type=int, default=20, help="the whole-image VAE's epochs"
     )
     textures.add_argument("--work-dir", default="runs/textures", help="runs and artifacts")
     textures.add_argument(

@@ -39,6 +39,8 @@ from training.textures import (
 from training.train import Log
 
 WHOLE_IMAGE_SIZE = 64
+# of the 1,000 training crops: 200 validate, 200 calibrate (a 1% rate needs 99 or more)
+SPLITS = {"val_fraction": 0.2, "calibration_fraction": 0.2}
 FIGURE_EXAMPLES = 4  # defective crops per texture in the figure
 
 
@@ -52,7 +54,7 @@ class TextureRun:
 
 def inspection_config(name: str, work_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
     """The inspection preset as shipped, with `overrides` (e.g. a shorter time budget)."""
-    values = preset_values("inspection") | overrides
+    values = preset_values("inspection") | SPLITS | overrides
     return TrainConfig(
         data=name,
         preset="inspection",
@@ -72,7 +74,7 @@ def whole_image_config(name: str, work_dir: Path, overrides: dict[str, Any]) -> 
         likelihood="gaussian",
         checkpoint_dir=str(work_dir / name / "whole-runs"),
         out=str(work_dir / name / "whole"),
-        **overrides,
+        **(SPLITS | overrides),
     ).validate()
 
 

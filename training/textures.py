@@ -3,7 +3,9 @@
 `python -m training.evaluate textures` (and `make anomaly-eval`). For each texture
 photograph that scikit-image ships inside its wheel (nothing is downloaded):
 
-    normal     random crops of the top 5/8 of the photograph: the training images
+    normal     1,000 random crops of the top 5/8 of the photograph: the training images
+               (60% train, 20% validate, 20% calibrate: 200 calibration images, enough
+               for a 1% false-alarm rate)
     held out   random crops of the bottom 3/8, never seen in training: the normal test
                images, and as many more with one synthetic defect each (`training.defects`:
                scratch, crack, hole, stain, missing, paste, in turn), with its pixel mask
@@ -77,7 +79,7 @@ def _tensor(pixels: np.ndarray) -> Tensor:
 def build_texture_set(
     name: str,
     size: int = 128,
-    train: int = 400,
+    train: int = 1000,
     normal: int = 120,
     per_kind: int = 40,
     seed: int = 0,
