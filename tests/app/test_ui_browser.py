@@ -195,13 +195,19 @@ def test_inspect_flags_noise_and_draws_heat_maps(tab: Tab, digits, noise) -> Non
     tab.snapshot("inspect")
 
 
-def test_a_bad_file_fails_alone_with_the_api_message(tab: Tab, digits) -> None:
+def test_a_bad_file_fails_alone_and_a_large_one_is_overlaid_in_place(tab: Tab, digits) -> None:
     tab.open("inspect")
-    upload(tab, {"seven.png": digits[7], "broken.png": b"not an image"})
+    large = Image.open(io.BytesIO(digits[7])).resize((300, 200), Image.Resampling.BILINEAR)
+    upload(tab, {"seven-large.png": png(np.asarray(large)), "broken.png": b"not an image"})
     broken = tab.page.locator("#results li.result", has_text="broken.png")
     assert "invalid_image" in broken.locator(".alert").inner_text()
-    assert tab.page.locator("#results li.result", has_text="seven.png").locator(".badge").count()
     assert (422, "/anomaly") in tab.failures
+    seven = tab.page.locator("#results li.result", has_text="seven-large.png")
+    assert seven.locator(".badge").count() == 1
+    assert "resized 300x200" in seven.inner_text()
+    shown = seven.locator(".input").bounding_box()
+    assert shown and shown["width"] / shown["height"] == pytest.approx(1.5, abs=0.02)
+    assert seven.locator(".heat").bounding_box() == shown  # the map covers the input exactly
 
 
 def frame(tab: Tab) -> str:

@@ -115,7 +115,7 @@ async function inspect(item, calibration) {
   }
   const reconstruction = rebuilt.status === "fulfilled"
     ? el("img", { class: "pixels", src: pngSource(rebuilt.value), alt: `Reconstruction of ${item.file.name}` })
-    : el("p", { class: "hint", text: "none" }); // the failure above says why
+    : el("p", { class: "hint", text: item.failed ? "none" : `none: ${rebuilt.reason.message}` });
   item.reconstruction.replaceChildren(reconstruction);
   item.node.classList.remove("pending");
   item.node.removeAttribute("aria-busy");
