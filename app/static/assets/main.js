@@ -69,7 +69,7 @@ function setupKeyDialog(onKey) {
   const message = document.getElementById("key-message");
   const button = document.getElementById("key-button");
   const labelButton = () => {
-    button.textContent = apiKey.get() ? "API key ✓" : "API key";
+    button.textContent = apiKey.get() ? "API key: set" : "API key";
   };
   const open = (error) => {
     if (error) showError(message, error);
