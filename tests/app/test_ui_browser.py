@@ -35,6 +35,7 @@ KEY = "ui-test-key"
 CHROMIUM = Path(os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium")
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
+WAIT_MS = 20_000  # for any one answer: the machine running the tests may be loaded
 NETWORK_STATUS = re.compile(r"Failed to load resource: the server responded with a status of (\d+)")
 API_PATHS = {"/model", "/models", "/encode", "/decode", "/sample", "/interpolate", "/anomaly"}
 
@@ -150,7 +151,8 @@ def tab(browser: playwright.Browser, server: Server) -> Iterator[Tab]:
     page.on("request", lambda request: tab.leaves(request.url) and tab.foreign.append(request.url))
     # whatever might try to leave the origin is stopped here, and recorded above
     context.route(tab.leaves, lambda route: route.abort())
-    page.set_default_timeout(15_000)
+    page.set_default_timeout(WAIT_MS)
+    expect.set_options(timeout=WAIT_MS)
     yield tab
     context.close()
     assert tab.errors == []
