@@ -14,11 +14,13 @@ import io
 import os
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -37,7 +39,8 @@ DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
 WAIT_MS = 20_000  # for any one answer: the machine running the tests may be loaded
 NETWORK_STATUS = re.compile(r"Failed to load resource: the server responded with a status of (\d+)")
-API_PATHS = {"/model", "/models", "/encode", "/decode", "/sample", "/interpolate", "/anomaly"}
+VERBS = ("encode", "decode", "sample", "interpolate", "anomaly")
+API_PATH = re.compile(rf"/(model|models|(models/[\w-]+/(versions/\d+/)?)?({'|'.join(VERBS)}))")
 
 
 def png(pixels: np.ndarray) -> bytes:
@@ -65,18 +68,47 @@ def noise() -> bytes:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    # test_server's launcher; a zero delay leaves the model's speed as it is, and batches of
-    # at most 8 keep the warm-up short
+def repository(tmp_path_factory: pytest.TempPathFactory, artifact_dir: Path) -> Path:
+    """The shipped MNIST model (the default) and two versions of the tiny test model."""
+    root = tmp_path_factory.mktemp("repository")
+    (root / "mnist").symlink_to(DEFAULT_MODEL_DIR.resolve(), target_is_directory=True)
+    (root / "tiny").mkdir()
+    (root / "tiny" / "1").symlink_to(artifact_dir, target_is_directory=True)
+    shutil.copytree(artifact_dir, root / "tiny" / "2")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, repository: Path) -> Iterator[Server]:
+    # test_server's launcher; a zero delay leaves the models' speed as they are, and batches
+    # of at most 8 keep the warm-up short
     env = {
         "TEST_MODEL_DELAY_S": "0",
+        "VAE_MODEL_REPOSITORY": str(repository),
+        "VAE_VERSION_POLICY": "all",
         "VAE_API_KEYS": KEY,
         "VAE_TORCH_THREADS": "1",
         "VAE_MAX_BATCH_SIZE": "8",
     }
-    server = start_server(DEFAULT_MODEL_DIR, tmp_path_factory.mktemp("ui") / "stderr", env)
-    yield server
-    stop(server)
+    server = start_server(None, tmp_path_factory.mktemp("ui") / "stderr", env)
+    try:
+        wait_for_versions(server.url, 3)
+        yield server
+    finally:
+        stop(server)
+
+
+def wait_for_versions(url: str, count: int) -> None:
+    """Until `count` versions are ready (they load in the background after start-up)."""
+    deadline = time.monotonic() + 60
+    auth = {"Authorization": f"Bearer {KEY}"}
+    while time.monotonic() < deadline:
+        models = httpx.get(f"{url}/models", headers=auth, timeout=10).json()["models"]
+        states = [version["state"] for model in models for version in model["versions"]]
+        if states.count("ready") == count:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"versions not ready: {models}")
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +131,7 @@ class Tab:
     page: playwright.Page
     origin: str
     errors: list[str] = field(default_factory=list)
+    calls: list[str] = field(default_factory=list)  # the path of every request to the API
     failures: list[tuple[int, str]] = field(default_factory=list)  # (status, path) >= 400
     foreign: list[str] = field(default_factory=list)
 
@@ -129,8 +162,11 @@ class Tab:
         return not url.startswith((f"{self.origin}/", "data:", "blob:"))
 
     def record(self, response: playwright.Response) -> None:
+        path = response.url.removeprefix(self.origin)
+        if not path.startswith("/ui"):
+            self.calls.append(path)
         if response.status >= 400:
-            self.failures.append((response.status, response.url.removeprefix(self.origin)))
+            self.failures.append((response.status, path))
 
     def console(self, message: playwright.ConsoleMessage) -> None:
         if message.type != "error":
@@ -157,7 +193,7 @@ def tab(browser: playwright.Browser, server: Server) -> Iterator[Tab]:
     context.close()
     assert tab.errors == []
     assert tab.foreign == []
-    assert all(path.split("?")[0] in API_PATHS for _, path in tab.failures), tab.failures
+    assert all(API_PATH.fullmatch(path) for _, path in tab.failures), tab.failures
 
 
 def upload(tab: Tab, files: dict[str, bytes]) -> None:
@@ -305,3 +341,26 @@ def test_every_control_is_named_and_the_keyboard_reaches_the_upload(tab: Tab) ->
     tab.page.keyboard.press("Tab")  # the focused tab link -> the upload's file chooser
     focused = tab.page.evaluate("() => document.activeElement.id")
     assert focused == "inspect-files"
+
+
+def test_the_model_selector_switches_models_and_versions(tab: Tab) -> None:
+    tab.open("sample")
+    header = tab.page.locator("#model-name")
+    expect(tab.page.locator("#model-picker")).to_be_visible()
+    assert tab.page.locator("#model-select option").all_inner_texts() == ["mnist", "tiny"]
+    assert tab.page.input_value("#model-select") == "mnist"  # the default model
+    expect(header).to_contain_text("latent 32")
+    expect(tab.page.locator("#sample-grid img")).to_have_count(16)
+    assert "/sample" in tab.calls  # the default, newest: the top-level routes serve it
+
+    tab.page.select_option("#model-select", "tiny")
+    expect(header).to_contain_text("latent 4")
+    assert tab.page.locator("#version-select option").all_inner_texts() == ["newest", "v2", "v1"]
+    sample(tab, "3")
+    assert tab.calls[-1] == "/models/tiny/sample"
+    tab.page.select_option("#version-select", "1")
+    sample(tab, "3")
+    assert tab.calls[-1] == "/models/tiny/versions/1/sample"
+    tab.page.click("nav a[href='#model']")
+    expect(tab.page.locator("#card")).to_contain_text("tiny-test-vae")
+    tab.snapshot("models")

@@ -44,7 +44,8 @@ export function setupModels({ loadDefault, setModel }) {
     const wanted = versionSelect.value;
     const entry = model.versions.find(({ version }) => String(version) === wanted) ?? model.versions[0];
     const name = encodeURIComponent(model.name);
-    useModelRoutes(wanted === NEWEST ? `models/${name}/` : `models/${name}/versions/${wanted}/`);
+    if (wanted !== NEWEST) useModelRoutes(`models/${name}/versions/${wanted}/`);
+    else useModelRoutes(model.isDefault ? "" : `models/${name}/`); // the top-level routes serve it
     setModel(entry.metadata);
   };
 
