@@ -68,10 +68,14 @@ def noise() -> bytes:
 
 
 @pytest.fixture(scope="module")
-def repository(tmp_path_factory: pytest.TempPathFactory, artifact_dir: Path) -> Path:
-    """The shipped MNIST model (the default) and two versions of the tiny test model."""
+def repository(
+    tmp_path_factory: pytest.TempPathFactory, artifact_dir: Path, spatial_artifact_dir: Path
+) -> Path:
+    """The shipped MNIST model (the default), two versions of the tiny test model, and the
+    tiny inspection model (an anomaly map head: heat maps on the absolute scale)."""
     root = tmp_path_factory.mktemp("repository")
     (root / "mnist").symlink_to(DEFAULT_MODEL_DIR.resolve(), target_is_directory=True)
+    (root / "spatial").symlink_to(spatial_artifact_dir, target_is_directory=True)
     (root / "tiny").mkdir()
     (root / "tiny" / "1").symlink_to(artifact_dir, target_is_directory=True)
     shutil.copytree(artifact_dir, root / "tiny" / "2")
@@ -92,7 +96,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, repository: Path) -> Iterat
     }
     server = start_server(None, tmp_path_factory.mktemp("ui") / "stderr", env)
     try:
-        wait_for_versions(server.url, 3)
+        wait_for_versions(server.url, 4)
         yield server
     finally:
         stop(server)
@@ -216,12 +220,9 @@ def test_inspect_flags_noise_and_draws_heat_maps(tab: Tab, digits, noise) -> Non
     assert digit.locator(".badge").inner_text() == "Normal"
     for result in (noisy, digit):
         assert result.locator("svg.chart").count() == 1
-        drawn = result.locator(".heat").evaluate(  # the service's overlay, or a drawn map
-            "heat => heat.tagName === 'IMG' ? heat.complete && heat.naturalWidth > 0 : "
-            "heat.getContext('2d').getImageData(0, 0, heat.width, heat.height)"
-            ".data.some((value, i) => i % 4 === 3 && value > 0)"
-        )
-        assert drawn, "the heat map has no visible pixel"
+        heat = result.locator("img.heat")  # the service's overlay, laid over the upload
+        assert heat.evaluate("heat => [heat.naturalWidth, heat.naturalHeight]") == [28, 28]
+        assert "scaled within this image" in result.locator("figcaption").first.inner_text()
         size = result.locator(".reconstruction img").evaluate("image => image.naturalWidth")
         assert size == 28
     tab.page.select_option("#order", "upload")
@@ -233,7 +234,7 @@ def test_inspect_flags_noise_and_draws_heat_maps(tab: Tab, digits, noise) -> Non
     tab.snapshot("inspect")
 
 
-def test_a_bad_file_fails_alone_and_a_large_one_is_overlaid_in_place(tab: Tab, digits) -> None:
+def test_a_bad_file_fails_alone_and_a_large_one_is_mapped_at_its_size(tab: Tab, digits) -> None:
     tab.open("inspect")
     large = Image.open(io.BytesIO(digits[7])).resize((300, 200), Image.Resampling.BILINEAR)
     upload(tab, {"seven-large.png": png(np.asarray(large)), "broken.png": b"not an image"})
@@ -245,7 +246,9 @@ def test_a_bad_file_fails_alone_and_a_large_one_is_overlaid_in_place(tab: Tab, d
     assert "resized 300x200" in seven.inner_text()
     shown = seven.locator(".input").bounding_box()
     assert shown and shown["width"] / shown["height"] == pytest.approx(1.5, abs=0.02)
-    assert seven.locator(".heat").bounding_box() == shown  # the map covers the input exactly
+    heat = seven.locator("img.heat")
+    assert heat.evaluate("heat => [heat.naturalWidth, heat.naturalHeight]") == [300, 200]
+    assert heat.bounding_box() == shown  # the map covers the input exactly
 
 
 def frame(tab: Tab) -> str:
@@ -347,7 +350,8 @@ def test_the_model_selector_switches_models_and_versions(tab: Tab) -> None:
     tab.open("sample")
     header = tab.page.locator("#model-name")
     expect(tab.page.locator("#model-picker")).to_be_visible()
-    assert tab.page.locator("#model-select option").all_inner_texts() == ["mnist", "tiny"]
+    choices = tab.page.locator("#model-select option").all_inner_texts()
+    assert choices == ["mnist", "spatial", "tiny"]
     assert tab.page.input_value("#model-select") == "mnist"  # the default model
     expect(header).to_contain_text("latent 32")
     expect(tab.page.locator("#sample-grid img")).to_have_count(16)
@@ -362,5 +366,22 @@ def test_the_model_selector_switches_models_and_versions(tab: Tab) -> None:
     sample(tab, "3")
     assert tab.calls[-1] == "/models/tiny/versions/1/sample"
     tab.page.click("nav a[href='#model']")
-    expect(tab.page.locator("#card")).to_contain_text("tiny-test-vae")
+    card = tab.page.locator("#card")
+    expect(card).to_contain_text("tiny-test-vae")
+    assert "split conformal" in card.inner_text()  # the fixture's calibration
+    assert "Expected false-alarm rate" in card.inner_text()
     tab.snapshot("models")
+
+
+def test_an_inspection_model_maps_on_the_absolute_scale(tab: Tab) -> None:
+    tab.open("inspect")
+    tab.page.select_option("#model-select", "spatial")
+    expect(tab.page.locator("#model-name")).to_contain_text("tiny-spatial")
+    smooth = np.random.default_rng(1).integers(90, 120, (96, 128))  # twice the model's size
+    upload(tab, {"part.png": png(smooth)})
+    assert "/models/spatial/anomaly" in tab.calls and "/anomaly" not in tab.calls
+    result = tab.page.locator("#results li.result")
+    assert "at or above the threshold" in result.locator("figcaption").first.inner_text()
+    assert "nats" not in result.locator(".facts").inner_text()  # a map's peak has no unit
+    heat = result.locator("img.heat")
+    assert heat.evaluate("heat => [heat.naturalWidth, heat.naturalHeight]") == [128, 96]
