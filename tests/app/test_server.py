@@ -65,7 +65,10 @@ class Server:
         return self.log.read_text()
 
 
-def start_server(artifact_dir: Path, log: Path, env: dict[str, str], drain_s: int = 10) -> Server:
+def start_server(
+    artifact_dir: Path | None, log: Path, env: dict[str, str], drain_s: int = 10
+) -> Server:
+    """uvicorn on a free loopback port serving `artifact_dir` (None: the settings in `env`)."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("VAE_")}
     command = [
         sys.executable,
@@ -81,7 +84,7 @@ def start_server(artifact_dir: Path, log: Path, env: dict[str, str], drain_s: in
     ]
     environment = {
         **base,
-        "VAE_MODEL_DIR": str(artifact_dir),
+        **({} if artifact_dir is None else {"VAE_MODEL_DIR": str(artifact_dir)}),
         "VAE_DEVICE": "cpu",
         "VAE_DRAIN_TIMEOUT_S": str(drain_s),
         **env,

@@ -1,7 +1,7 @@
 // The model card: what /model says, as sections people read rather than raw JSON. Known
 // fields get names and units; any field this page does not know yet is still listed.
 
-import { calibrationChart } from "./chart.js";
+import { calibrationChart, withUnit } from "./chart.js";
 import { el, formatNumber, ordinal } from "./dom.js";
 
 const METRIC_NAMES = {
@@ -26,7 +26,10 @@ const LIMIT_NAMES = {
   latent_abs_max: "Largest |latent value|",
 };
 const WHEN = { dateStyle: "medium", timeStyle: "short" };
-const CALIBRATION_SHOWN = new Set(["levels", "quantiles", "threshold", "threshold_level", "score", "score_samples", "count"]);
+const CALIBRATION_SHOWN = new Set([
+  "levels", "quantiles", "threshold", "threshold_level", "score", "score_samples", "count", "method",
+  "false_alarm_rate", "expected_false_alarm_rate", "false_alarm_interval", "false_alarm_interval_level",
+]);
 
 const humanise = (name) => name.replaceAll("_", " ").replace(/^./, (first) => first.toUpperCase());
 
@@ -69,20 +72,39 @@ function overview(model) {
   ]));
 }
 
+const percent = (fraction) => `${formatNumber(100 * fraction)}%`;
+
+// split-conformal calibrations promise a false-alarm rate; older (quantile) ones do not
+function falseAlarms(c) {
+  const rows = [["Method", { "split-conformal": "split conformal", quantile: "quantile of validation scores" }[c.method] ?? c.method]];
+  if (c.false_alarm_rate != null) rows.push(["Requested false-alarm rate", percent(c.false_alarm_rate)]);
+  if (c.expected_false_alarm_rate != null) rows.push(["Expected false-alarm rate", percent(c.expected_false_alarm_rate)]);
+  if (c.false_alarm_interval) {
+    const [low, high] = c.false_alarm_interval;
+    const share = c.false_alarm_interval_level == null ? "" : ` for ${percent(c.false_alarm_interval_level)} of calibration sets`;
+    rows.push(["False-alarm interval", `${percent(low)} to ${percent(high)}${share}`]);
+  }
+  return c.method ? rows : [];
+}
+
 function calibration(model) {
   const c = model.calibration;
   if (!c?.quantiles?.length) return section("Calibration", el("p", { class: "hint", text: "This model has no calibration." }));
   const extra = Object.entries(c).filter(([key]) => !CALIBRATION_SHOWN.has(key));
+  const about = c.method === "split-conformal"
+    ? `Scores (${c.score}) of ${formatNumber(c.count)} normal images that neither training nor model selection saw. The threshold flags a new normal image with probability at most ${percent(c.false_alarm_rate ?? 1 - c.threshold_level)}.`
+    : `Scores (${c.score}) of ${formatNumber(c.count)} held-out normal images. Above the threshold, at their ${ordinal(100 * c.threshold_level)} percentile, an image is flagged.`;
   return section(
     "Calibration",
-    el("p", { text: `Scores (${c.score}, nats) of ${formatNumber(c.count)} held-out normal images. Above the threshold, at their ${ordinal(100 * c.threshold_level)} percentile, an image is flagged.` }),
+    el("p", { text: about }),
     calibrationChart(c, { width: 520, height: 150 }),
     facts([
       ["Score", c.score],
       ["Noise draws per score", c.score_samples],
       ["Calibration images", c.count],
-      ["Threshold", `${formatNumber(c.threshold)} nats`],
+      ["Threshold", withUnit(c, c.threshold)],
       ["Threshold level", `${ordinal(100 * c.threshold_level)} percentile`],
+      ...falseAlarms(c),
       ...named(Object.fromEntries(extra), {}),
     ]),
   );

@@ -18,6 +18,11 @@ function svg(tag, attributes = {}, text = "") {
   return node;
 }
 
+/** `value` with the score's unit: nats, except for an anomaly map's peak (no unit). */
+export function withUnit(calibration, value) {
+  return calibration?.score === "map" ? formatNumber(value) : `${formatNumber(value)} nats`;
+}
+
 /** The fraction of calibration scores at or below `x`. */
 export function cdf({ levels, quantiles }, x) {
   if (x <= quantiles[0]) return levels[0];
@@ -68,7 +73,7 @@ export function calibrationChart(calibration, { score, width = 360, height = 110
   });
   chart.append(svg("line", { class: "axis", x1: pad.left, x2: width - pad.right, y1: baseline, y2: baseline }));
   chart.append(svg("text", { class: "tick", x: pad.left, y: height - 5 }, formatNumber(low)));
-  chart.append(svg("text", { class: "tick", x: width - pad.right, y: height - 5, "text-anchor": "end" }, `${formatNumber(high)} nats`));
+  chart.append(svg("text", { class: "tick", x: width - pad.right, y: height - 5, "text-anchor": "end" }, withUnit(calibration, high)));
 
   const thresholdX = x(threshold);
   chart.append(svg("line", { class: "threshold", x1: thresholdX, x2: thresholdX, y1: pad.top - 4, y2: baseline }));
@@ -76,7 +81,7 @@ export function calibrationChart(calibration, { score, width = 360, height = 110
     class: "label", x: thresholdX - 3, y: pad.top - 7, "text-anchor": "end",
   }, "threshold"));
 
-  let label = `Calibration scores of ${calibration.count ?? "the"} normal images, from ${formatNumber(low)} to ${formatNumber(high)} nats; threshold ${formatNumber(threshold)}`;
+  let label = `Calibration scores of ${calibration.count ?? "the"} normal images, from ${formatNumber(low)} to ${withUnit(calibration, high)}; threshold ${formatNumber(threshold)}`;
   if (Number.isFinite(score)) {
     chart.append(...scoreMarker(score, x, { low, high, top: pad.top, baseline, width, pad }));
     chart.classList.add(score > threshold ? "flagged" : "normal");

@@ -3,9 +3,9 @@
 // score falls on the calibration distribution.
 
 import { filesForm, verb } from "./api.js";
-import { calibrationChart } from "./chart.js";
-import { eachLimited, el, formatNumber, pngSource, showError } from "./dom.js";
-import { heatLayer } from "./heat.js";
+import { calibrationChart, withUnit } from "./chart.js";
+import { eachLimited, el, pngSource, showError } from "./dom.js";
+import { heatLayer, scaleNote } from "./heat.js";
 
 // Uploads in flight at once. Each is its own request, so one bad file fails alone; the
 // server batches concurrent requests into one forward pass anyway.
@@ -85,18 +85,19 @@ function newItem(file, index) {
   const source = URL.createObjectURL(file);
   const original = el("img", { class: "input", src: source, alt: `Upload ${file.name}` });
   const layered = el("div", { class: "layered" }, original);
+  const caption = el("figcaption", { text: "Input and heat map" });
   const reconstruction = el("div", { class: "reconstruction" }, el("p", { class: "hint", text: "…" }));
   const verdict = el("div", { class: "verdict" }, el("h2", { class: "name", text: file.name }), el("p", { class: "hint", text: "Scoring…" }));
   const node = el(
     "li",
     { class: "result pending", "aria-busy": "true" },
     el("div", { class: "pictures" },
-      el("figure", {}, layered, el("figcaption", { text: "Input and heat map" })),
+      el("figure", {}, layered, caption),
       el("figure", {}, reconstruction, el("figcaption", { text: "Reconstruction" }))),
     verdict,
   );
   original.addEventListener("load", () => original.classList.toggle("pixels", original.naturalWidth < 128), { once: true });
-  return { file, index, source, node, layered, reconstruction, verdict, result: null, failed: false };
+  return { file, index, source, node, layered, caption, reconstruction, verdict, result: null, failed: false };
 }
 
 async function inspect(item, calibration) {
@@ -108,6 +109,7 @@ async function inspect(item, calibration) {
     item.result = scored.value.results[0];
     const heat = await heatLayer(item.result);
     if (heat) item.layered.append(heat);
+    if (scaleNote(item.result)) item.caption.append(el("span", { class: "scale", text: scaleNote(item.result) }));
     renderVerdict(item, calibration);
   } else {
     item.failed = true;
@@ -115,7 +117,7 @@ async function inspect(item, calibration) {
   }
   const reconstruction = rebuilt.status === "fulfilled"
     ? el("img", { class: "pixels", src: pngSource(rebuilt.value), alt: `Reconstruction of ${item.file.name}` })
-    : el("p", { class: "hint", text: "none" }); // the failure above says why
+    : el("p", { class: "hint", text: item.failed ? "none" : `none: ${rebuilt.reason.message}` });
   item.reconstruction.replaceChildren(reconstruction);
   item.node.classList.remove("pending");
   item.node.removeAttribute("aria-busy");
@@ -134,8 +136,8 @@ function renderVerdict(item, calibration) {
     el("h2", { class: "name", text: item.file.name }),
     el("p", { class: `badge ${flagged ? "anomalous" : "ok"}`, text: flagged ? "Anomaly" : "Normal" }),
     el("dl", { class: "facts" },
-      el("dt", { text: "Score" }), el("dd", { text: `${formatNumber(score)} nats` }),
-      el("dt", { text: "Threshold" }), el("dd", { text: `${formatNumber(threshold)} nats` }),
+      el("dt", { text: "Score" }), el("dd", { text: withUnit(calibration, score) }),
+      el("dt", { text: "Threshold" }), el("dd", { text: withUnit(calibration, threshold) }),
       el("dt", { text: "Rank" }), el("dd", { text: rank(percentile) })),
   ];
   if (calibration) parts.push(calibrationChart(calibration, { score }));

@@ -3,7 +3,7 @@
 
 import { apiKey, onUnauthorized, request } from "./api.js";
 import { renderCard } from "./card.js";
-import { clearError, showError } from "./dom.js";
+import { clearError, el, showError } from "./dom.js";
 import { setupInspect } from "./inspect.js";
 import { setupModels } from "./models.js";
 import { setupSample } from "./sample.js";
@@ -46,12 +46,14 @@ function showView() {
   views[name]?.activate?.();
 }
 
-async function loadModel(path = "model") {
+async function loadDefaultModel() {
   clearError(serviceError);
   try {
-    session.setModel(await request(path));
+    session.setModel(await request("model"));
   } catch (error) {
-    if (error.status !== 401) showError(serviceError, error); // a 401 opens the key dialog
+    if (error.status === 401) return; // the key dialog is open
+    showError(serviceError, error);
+    serviceError.append(el("button", { type: "button", text: "Try again", onclick: () => models.reload() }));
   }
 }
 
@@ -67,7 +69,7 @@ function setupKeyDialog(onKey) {
   const message = document.getElementById("key-message");
   const button = document.getElementById("key-button");
   const labelButton = () => {
-    button.textContent = apiKey.get() ? "API key ✓" : "API key";
+    button.textContent = apiKey.get() ? "API key: set" : "API key";
   };
   const open = (error) => {
     if (error) showError(message, error);
@@ -99,7 +101,7 @@ function setupKeyDialog(onKey) {
   labelButton();
 }
 
-const models = setupModels(loadModel);
+const models = setupModels({ loadDefault: loadDefaultModel, setModel: (model) => session.setModel(model) });
 setupKeyDialog(() => models.reload());
 window.addEventListener("hashchange", showView);
 showView();

@@ -1,47 +1,52 @@
 // The model and version selector. It appears only when the service has a model
-// repository (`GET /models`) holding more than one model or version; otherwise, and on a
-// service without the route, the page uses the top-level routes (the default model).
+// repository (`GET /models`) with more than one ready model or version; otherwise, and
+// on a service without the route, the page uses the top-level routes (the default model).
+//
+// /models lists each model with its versions; a ready version carries `metadata`, the
+// same body as GET /model, so choosing one needs no further request.
 
 import { request, useModelRoutes } from "./api.js";
 import { el } from "./dom.js";
 
 const NEWEST = "";
 
-/** [{ name, versions: [number] }] from a /models answer, or null if it has none. */
+/** [{ name, isDefault, versions: [{ version, metadata }] newest first }], or null. */
 export function catalogueOf(answer) {
-  const models = Array.isArray(answer) ? answer : answer?.models;
+  const models = answer?.models;
   if (!Array.isArray(models)) return null;
   return models
     .filter((model) => typeof model?.name === "string")
     .map((model) => ({
       name: model.name,
+      isDefault: model.default === true,
       versions: (model.versions ?? [])
-        .filter((version) => (version.state ?? "ready") === "ready")
-        .map((version) => Number(version.version ?? version))
-        .filter(Number.isInteger)
-        .sort((a, b) => b - a),
-    }));
+        .filter((entry) => entry?.state === "ready" && entry.metadata && Number.isInteger(entry.version))
+        .sort((a, b) => b.version - a.version),
+    }))
+    .filter((model) => model.versions.length);
 }
 
-export function setupModels(loadModel) {
+export function setupModels({ loadDefault, setModel }) {
   const picker = document.getElementById("model-picker");
   const modelSelect = document.getElementById("model-select");
   const versionSelect = document.getElementById("version-select");
   let catalogue = [];
+  const chosenModel = () => catalogue.find((model) => model.name === modelSelect.value);
 
   const fillVersions = () => {
-    const model = catalogue.find((entry) => entry.name === modelSelect.value);
     versionSelect.replaceChildren(
       el("option", { value: NEWEST, text: "newest" }),
-      ...(model?.versions ?? []).map((version) => el("option", { value: String(version), text: `v${version}` })),
+      ...chosenModel().versions.map(({ version }) => el("option", { value: String(version), text: `v${version}` })),
     );
   };
   const choose = () => {
-    const name = encodeURIComponent(modelSelect.value);
-    const version = versionSelect.value;
-    const base = version === NEWEST ? `models/${name}` : `models/${name}/versions/${version}`;
-    useModelRoutes(`${base}/`);
-    return loadModel(base);
+    const model = chosenModel();
+    const wanted = versionSelect.value;
+    const entry = model.versions.find(({ version }) => String(version) === wanted) ?? model.versions[0];
+    const name = encodeURIComponent(model.name);
+    if (wanted !== NEWEST) useModelRoutes(`models/${name}/versions/${wanted}/`);
+    else useModelRoutes(model.isDefault ? "" : `models/${name}/`); // the top-level routes serve it
+    setModel(entry.metadata);
   };
 
   async function reload() {
@@ -52,15 +57,16 @@ export function setupModels(loadModel) {
       if (error.status === 401) return; // the key dialog is open; it reloads when done
     }
     catalogue = catalogueOf(answer) ?? [];
-    const choices = catalogue.reduce((sum, model) => sum + Math.max(1, model.versions.length), 0);
+    const choices = catalogue.reduce((sum, model) => sum + model.versions.length, 0);
     picker.hidden = choices < 2;
     if (picker.hidden) {
       useModelRoutes("");
-      return loadModel("model");
+      return loadDefault();
     }
-    const chosen = modelSelect.value;
-    modelSelect.replaceChildren(...catalogue.map((model) => el("option", { value: model.name, text: model.name })));
-    if (catalogue.some((model) => model.name === chosen)) modelSelect.value = chosen;
+    const previous = modelSelect.value;
+    modelSelect.replaceChildren(...catalogue.map(({ name }) => el("option", { value: name, text: name })));
+    const keep = catalogue.find(({ name }) => name === previous) ?? catalogue.find((model) => model.isDefault);
+    if (keep) modelSelect.value = keep.name;
     fillVersions();
     return choose();
   }

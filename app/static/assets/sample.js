@@ -14,14 +14,17 @@ export function setupSample(session) {
   const info = document.getElementById("sample-info");
   const grid = document.getElementById("sample-grid");
   let sampled = false;
+  let latest = 0; // only the newest request's answer is shown
 
   async function sample() {
+    const ticket = ++latest;
     clearError(error);
     form.setAttribute("aria-busy", "true");
     const body = { n: Number(count.value), temperature: Number(temperature.value) };
     if (seed.value !== "") body.seed = Number(seed.value);
     try {
       const answer = await verb("sample", { json: body });
+      if (ticket !== latest) return;
       sampled = true;
       grid.replaceChildren(...answer.images.map((image, i) => el("li", {},
         el("img", { class: "pixels", src: pngSource(image), alt: `Sample ${i + 1} of ${answer.images.length}` }))));
@@ -30,9 +33,9 @@ export function setupSample(session) {
         ` · temperature ${body.temperature.toFixed(2)} · ${answer.images.length} images`,
       );
     } catch (failure) {
-      showError(error, failure);
+      if (ticket === latest) showError(error, failure);
     } finally {
-      form.removeAttribute("aria-busy");
+      if (ticket === latest) form.removeAttribute("aria-busy");
     }
   }
 

@@ -17,6 +17,7 @@ export function setupWalk(session) {
   const ends = [...form.querySelectorAll("fieldset.end")].map((fieldset) => setupEnd(fieldset, error));
   let frames = [];
   let walked = false;
+  let latest = 0; // only the newest walk's answer is shown
 
   const show = (index) => {
     slider.value = String(index);
@@ -28,13 +29,16 @@ export function setupWalk(session) {
   };
 
   async function walk() {
+    const ticket = ++latest;
     clearError(error);
     form.setAttribute("aria-busy", "true");
     try {
       const [start, end] = await Promise.all(ends.map((end) => end.endpoint()));
       const method = document.getElementById("walk-method").value;
       const body = { start, end, steps: Number(steps.value), method };
-      ({ images: frames } = await verb("interpolate", { json: body }));
+      const { images } = await verb("interpolate", { json: body });
+      if (ticket !== latest) return;
+      frames = images;
       walked = true;
       slider.max = String(frames.length - 1);
       path.replaceChildren(...frames.map((image, i) => el("li", {},
@@ -43,9 +47,9 @@ export function setupWalk(session) {
       walker.hidden = false;
       show(0);
     } catch (failure) {
-      showError(error, failure);
+      if (ticket === latest) showError(error, failure);
     } finally {
-      form.removeAttribute("aria-busy");
+      if (ticket === latest) form.removeAttribute("aria-busy");
     }
   }
 
