@@ -7,6 +7,11 @@ tells `app.openapi` which models and content types to document. Image bodies arr
 one `ImageBody`: the validated options plus the images (base64 `str` from JSON, `bytes`
 from uploads). Any other Content-Type is a 415 on every route. A pydantic error goes
 straight to `app.errors.from_validation_errors`, located under `body` as FastAPI would.
+
+orjson and pydantic hold the interpreter lock for a whole call, and 8 MiB of `0,0,0,...`
+costs them ~0.2 s: long enough to stall every connection. So a JSON body may hold at
+most `max_values` values (counted by its commas, at C speed, before parsing): what the
+largest valid request needs, never more.
 """
 
 from __future__ import annotations
@@ -21,11 +26,13 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
+from app import offload
 from app.config import Settings
 from app.errors import (
     InvalidJsonError,
     InvalidMultipartError,
     MediaTypeError,
+    PayloadTooLargeError,
     ServiceError,
     TooManyImagesError,
     from_validation_errors,
@@ -52,7 +59,7 @@ class BodyFormat(Generic[B]):
     """How one route's body is read, and documented."""
 
     models: tuple[type[BaseModel], ...]  # the JSON model, then the form model if any
-    read: Callable[[Request, Settings], Awaitable[B]]
+    read: Callable[[Request, Settings, int], Awaitable[B]]  # (request, settings, max_values)
 
     @property
     def openapi(self) -> dict[str, Any]:
@@ -63,8 +70,8 @@ class BodyFormat(Generic[B]):
 def json_body(model: type[M]) -> BodyFormat[M]:
     """A JSON-only body validated by `model`."""
 
-    async def read(request: Request, settings: Settings) -> M:
-        return await read_json_body(request, model)
+    async def read(request: Request, settings: Settings, max_values: int) -> M:
+        return await read_json_body(request, model, max_values)
 
     return BodyFormat((model,), read)
 
@@ -75,9 +82,9 @@ def image_body(
     """JSON `{"images": [...], ...}` or a multipart form with `files`; at most
     `max_images` images (default: `VAE_MAX_IMAGES`)."""
 
-    async def read(request: Request, settings: Settings) -> ImageBody[J | F]:
+    async def read(request: Request, settings: Settings, max_values: int) -> ImageBody[J | F]:
         limit = settings.max_images if max_images is None else max_images
-        return await read_image_body(request, json_model, form_model, limit)
+        return await read_image_body(request, json_model, form_model, limit, max_values)
 
     return BodyFormat((json_model, form_model), read)
 
@@ -99,31 +106,46 @@ def validate(model: type[M], raw: object) -> M:
         raise from_validation_errors([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
 
 
-async def read_json(request: Request, model: type[M]) -> M:
+def max_json_values(max_images: int, latent_dim: int) -> int:
+    """Values in the largest valid body: `max_images` latents (or images, each with a
+    data-URL comma), plus the options."""
+    return max_images * (latent_dim + 2) + 64
+
+
+async def read_json(request: Request, model: type[M], max_values: int) -> M:
     """Parse the body with orjson (which refuses NaN and Infinity) and validate it."""
+    body = await request.body()
+    if body.count(b",") >= max_values:
+        raise PayloadTooLargeError(
+            f"the JSON body holds more than {max_values} values; no valid request needs more"
+        )
+    return await offload.run(len(body) <= offload.INLINE_JSON_BYTES, _parse, body, model)
+
+
+def _parse(body: bytes, model: type[M]) -> M:
     try:
-        raw = orjson.loads(await request.body())
+        raw = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidJsonError(f"the body is not valid JSON: {exc}") from None
     return validate(model, raw)
 
 
-async def read_json_body(request: Request, model: type[M]) -> M:
+async def read_json_body(request: Request, model: type[M], max_values: int) -> M:
     """A JSON-only body: any other Content-Type is refused with 415, as on every route."""
     media = media_type(request)
     if not is_json(media):
         raise MediaTypeError(f"Content-Type {media or '(none)'}: send application/json")
-    return await read_json(request, model)
+    return await read_json(request, model, max_values)
 
 
 async def read_image_body(
-    request: Request, json_model: type[J], form_model: type[F], max_images: int
+    request: Request, json_model: type[J], form_model: type[F], max_images: int, max_values: int
 ) -> ImageBody[J | F]:
     """JSON `{"images": [...], ...}` or multipart `files=@a.png ...`, at most `max_images`."""
     media = media_type(request)
     options: J | F
     if is_json(media):
-        options = await read_json(request, json_model)
+        options = await read_json(request, json_model, max_values)
         images: list[str | bytes] = list(getattr(options, "images", None) or [])
         names = [f"images[{i}]" for i in range(len(images))]
     elif media == "multipart/form-data":

@@ -70,6 +70,21 @@ async def test_json_only_routes_refuse_multipart_and_take_json_suffixes(client, 
     assert response.status_code == 200 and len(response.json()["images"]) == 2
 
 
+async def test_a_json_body_may_hold_only_the_values_a_valid_request_needs(client, assert_error):
+    """Counted before parsing: orjson and pydantic would hold the interpreter lock."""
+    largest = {"latents": [[0.5, -0.5, 1.0, 2.0]] * 256}  # max_images latents of size 4
+    assert (await client.post("/decode", json=largest)).status_code == 200
+    headers = {"content-type": "application/json"}
+    numbers = b'{"latents": [[' + b"0," * 2000 + b"0]]}"
+    response = await client.post("/decode", content=numbers, headers=headers)
+    assert_error(response, 413, "payload_too_large")
+    assert "values" in response.json()["error"]["message"]
+    images = b'{"images": [' + b"1," * 2000 + b"1]}"
+    assert_error(
+        await client.post("/encode", content=images, headers=headers), 413, "payload_too_large"
+    )
+
+
 async def test_invalid_json(client, assert_error):
     response = await client.post(
         "/anomaly", content=b'{"images": [', headers={"content-type": "application/json"}

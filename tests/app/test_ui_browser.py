@@ -27,7 +27,7 @@ from playwright.sync_api import expect
 
 from app.artifact import read_metadata
 from app.config import DEFAULT_MODEL_DIR
-from tests.app.test_server import Server, start_server, stop
+from tests.app.server_process import Server, start_server, stop
 
 pytestmark = pytest.mark.slow
 
@@ -65,7 +65,7 @@ def noise() -> bytes:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    # test_server's launcher; a zero delay leaves the model's speed as it is, and batches of
+    # the shared launcher; a zero delay leaves the model's speed as it is, and batches of
     # at most 8 keep the warm-up short
     env = {
         "TEST_MODEL_DELAY_S": "0",
