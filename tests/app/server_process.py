@@ -58,7 +58,8 @@ def start_server(
     drain_s: int = 10,
     args: tuple[str, ...] = (),
 ) -> Server:
-    """`uvicorn app.main:app` on 127.0.0.1 at a port of its choosing, with `args` added."""
+    """`uvicorn app.main:app` on 127.0.0.1 at a port of its choosing, with the container's
+    options (`app.connections` included) and `args` added."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("VAE_")}
     command = [
         sys.executable,
@@ -71,6 +72,8 @@ def start_server(
         "--no-access-log",
         "--timeout-graceful-shutdown",
         str(drain_s),
+        "--http",
+        "app.connections:Protocol",
         *args,
     ]
     environment = {

@@ -1,16 +1,22 @@
 """Hostile clients against a real uvicorn on loopback: each answer is the right one, and
 `/health` stays fast while the worst request the limits allow is in flight.
 
-One server for the module, with the service's default limits. `/health` is probed from
-its own connection on a thread while the hostile request runs, so that a stalled event
-loop shows up as slow probes (the issue's 23 WebP bombs made them wait 5 s).
+One server for the module, started as the container starts it (`app.connections`
+included) with the service's default limits, except the connection timeouts: short
+ones here (`TIMEOUTS`), so that slow clients are refused in well under a second.
+`/health` is probed from its own connection on a thread while the hostile request runs,
+so that a stalled event loop shows up as slow probes (the issue's 23 WebP bombs made them
+wait 5 s). Raw sockets play the clients that no HTTP library would be.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
+import json
 import math
+import socket
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,14 +33,57 @@ pytestmark = pytest.mark.slow
 
 HEALTH_P99_S = 0.050
 MAX_BODY = 8 * 1024 * 1024  # the default VAE_MAX_BODY_BYTES
+MAX_HEAD = 16 * 1024  # the default VAE_MAX_HEAD_BYTES
+TIMEOUTS = {"VAE_HEAD_TIMEOUT_S": "0.5", "VAE_BODY_TIMEOUT_S": "1"}
+KEEP_ALIVE_S = 1
+MAX_CONNECTIONS = 24
 
 
 @pytest.fixture(scope="module")
 def server(artifact_dir, tmp_path_factory) -> Iterator[Server]:
     log = tmp_path_factory.mktemp("hostile") / "stderr"
-    running = start_server(artifact_dir, log, {"VAE_TORCH_THREADS": "1"})
+    env = {"VAE_TORCH_THREADS": "1", **TIMEOUTS}
+    limits = (
+        "--timeout-keep-alive",
+        str(KEEP_ALIVE_S),
+        "--limit-concurrency",
+        str(MAX_CONNECTIONS),
+    )
+    running = start_server(artifact_dir, log, env, args=limits)
     yield running
     stop(running)
+
+
+def connect(server: Server) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", server.port), timeout=10)
+
+
+def answer(sock: socket.socket) -> tuple[bytes, float]:
+    """Everything the server sends until it closes the connection, and how long that took."""
+    started, received = time.monotonic(), b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received, time.monotonic() - started
+
+
+def error_code(response: bytes) -> tuple[int, str]:
+    """(status, error code) of the first response in `response`."""
+    head, _, body = response.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = int(
+        next(
+            v
+            for k, _, v in (line.partition(b": ") for line in head.split(b"\r\n"))
+            if k.lower() == b"content-length"
+        )
+    )
+    return status, json.loads(body[:length])["error"]["code"]
+
+
+def closed_count(client: httpx.Client, reason: str) -> float:
+    prefix = f'vae_connections_closed_total{{reason="{reason}"}}'
+    lines = [line for line in client.get("/metrics").text.splitlines() if line.startswith(prefix)]
+    return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
 
 
 @pytest.fixture
@@ -123,3 +172,135 @@ def test_a_json_body_of_numbers_is_refused_before_parsing(server, client):
     assert response.status_code == 413, response.text
     assert "values" in response.json()["error"]["message"]
     assert p99 < HEALTH_P99_S, (p99, probes)
+
+
+# --- connections ------------------------------------------------------------------------
+def test_a_connection_that_sends_nothing_is_closed_after_the_idle_timeout(server):
+    with connect(server) as sock:
+        received, seconds = answer(sock)
+    assert received == b"" and KEEP_ALIVE_S * 0.8 < seconds < KEEP_ALIVE_S + 2
+
+
+def test_an_idle_keep_alive_connection_is_closed(server):
+    with connect(server) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        received, seconds = answer(sock)
+    assert received.startswith(b"HTTP/1.1 200") and seconds < KEEP_ALIVE_S + 2
+
+
+def test_a_head_sent_too_slowly_gets_408(server, client):
+    """Slowloris: a byte every 50 ms keeps a connection busy, but not past the head timeout."""
+    before = closed_count(client, "head_timeout")
+    with connect(server) as sock:
+        started = time.monotonic()
+        sock.sendall(b"GET /health HTTP/1.1\r\n")
+        sock.settimeout(0.05)
+        received = b""
+        while not received and time.monotonic() - started < 5:
+            sock.sendall(b"X")
+            with contextlib.suppress(TimeoutError):
+                received = sock.recv(65536)
+        answered = time.monotonic() - started
+        sock.settimeout(10)
+        received += answer(sock)[0]
+    assert error_code(received) == (408, "read_timeout")
+    assert answered < float(TIMEOUTS["VAE_HEAD_TIMEOUT_S"]) + 1
+    assert closed_count(client, "head_timeout") == before + 1
+
+
+def test_a_huge_header_gets_431_without_being_parsed(server, client):
+    """The issue's 100 MB header took 12.5 s; now the server stops reading at 16 KiB."""
+    before = closed_count(client, "head_too_large")
+
+    def flood() -> bytes:
+        with connect(server) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nX-Flood: ")
+            try:
+                for _ in range(100 * 16):  # 100 MiB, 64 KiB at a time
+                    sock.sendall(b"a" * 65536)
+            except OSError:
+                pass
+            return answer(sock)[0]
+
+    received, p99, _ = health_while(server, flood)
+    assert error_code(received) == (431, "head_too_large")
+    assert p99 < HEALTH_P99_S
+    assert closed_count(client, "head_too_large") == before + 1
+
+
+def test_too_many_header_lines_get_431(server):
+    lines = b"".join(b"X-%d: 1\r\n" % i for i in range(101))
+    with connect(server) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\n" + lines + b"\r\n")
+        received, _ = answer(sock)
+    assert error_code(received) == (431, "head_too_large")
+    assert b"more than 100 header lines" in received
+
+
+def test_a_head_just_under_the_limit_is_served(server):
+    padding = b"a" * (MAX_HEAD - 200)
+    with connect(server) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: " + padding + b"\r\n\r\n")
+        received, _ = answer(sock)
+    assert received.startswith(b"HTTP/1.1 200")
+
+
+def test_a_body_that_stops_halfway_gets_408_and_the_connection_closes(server):
+    with connect(server) as sock:
+        head = b"POST /sample HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        sock.sendall(head + b"Content-Length: 20\r\n\r\n" + b'{"n":')
+        received, seconds = answer(sock)
+    assert error_code(received) == (408, "read_timeout")
+    assert b"x-request-id" in received.lower() and b"connection: close" in received.lower()
+    assert seconds < float(TIMEOUTS["VAE_BODY_TIMEOUT_S"]) + 1.5
+
+
+def test_an_unread_body_that_stops_halfway_is_cut_off(server, client):
+    """/health answers without reading the body; the connection closes at the body timeout."""
+    before = closed_count(client, "body_timeout")
+    closed = False
+    with connect(server) as sock:
+        started = time.monotonic()
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc")
+        sock.settimeout(0.2)
+        while not closed and time.monotonic() - started < 10:
+            try:  # keep sending, slowly: the keep-alive timer never gets to close it
+                sock.sendall(b"d")
+                with contextlib.suppress(TimeoutError):
+                    closed = sock.recv(65536) == b""
+            except OSError:
+                closed = True
+        seconds = time.monotonic() - started
+    assert closed and seconds < float(TIMEOUTS["VAE_BODY_TIMEOUT_S"]) + 3
+    assert closed_count(client, "body_timeout") == before + 1
+
+
+def test_pipelined_requests_are_answered_in_order(server):
+    requests = [
+        b"GET /health HTTP/1.1\r\nHost: x\r\nX-Request-ID: r%d\r\n\r\n" % i for i in range(5)
+    ]
+    with connect(server) as sock:
+        sock.sendall(b"".join(requests))
+        received, _ = answer(sock)  # closed by the idle timeout after the last answer
+    assert received.count(b"HTTP/1.1 200") == 5
+    ids = [received.index(b"x-request-id: r%d" % i) for i in range(5)]
+    assert ids == sorted(ids)
+
+
+def test_connections_beyond_the_cap_get_503(server, client):
+    before = closed_count(client, "too_many_connections")
+    held: list[socket.socket] = []
+    try:
+        for _ in range(MAX_CONNECTIONS + 2):
+            held.append(connect(server))
+        time.sleep(0.1)
+        with connect(server) as sock:
+            received, _ = answer(sock)
+        assert error_code(received) == (503, "too_many_connections")
+        assert b"retry-after: 1" in received.lower()
+    finally:
+        for sock in held:
+            sock.close()
+    time.sleep(0.2)  # the server sees them go
+    assert client.get("/health").status_code == 200
+    assert closed_count(client, "too_many_connections") >= before + 3
