@@ -20,6 +20,8 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypeVar
 
 import httpx
 import numpy as np
@@ -31,6 +33,7 @@ from tests.app.server_process import Server, start_server, stop
 
 pytestmark = pytest.mark.slow
 
+T = TypeVar("T")
 HEALTH_P99_S = 0.050
 MAX_BODY = 8 * 1024 * 1024  # the default VAE_MAX_BODY_BYTES
 MAX_HEAD = 16 * 1024  # the default VAE_MAX_HEAD_BYTES
@@ -92,20 +95,46 @@ def client(server) -> Iterator[httpx.Client]:
         yield client
 
 
-def health_while(server: Server, hostile: Callable[[], httpx.Response]) -> tuple:
-    """Run `hostile` on a thread; probe /health until it returns. (response, p99 s, probes)"""
-    latencies: list[float] = []
-    with ThreadPoolExecutor(1) as pool, httpx.Client(base_url=server.url, timeout=10) as probe:
-        probe.get("/health")  # the probe's connection is open before the hostile request
+@dataclass
+class Probes:
+    """/health latencies while a hostile request ran, and on the same machine just before."""
+
+    during: list[float]
+    idle: list[float]
+
+    @staticmethod
+    def p99(latencies: list[float]) -> float:
+        ordered = sorted(latencies)
+        return ordered[int(0.99 * (len(ordered) - 1))]
+
+    def assert_fast(self, at_least: int = 1) -> None:
+        """p99 under 50 ms more than this machine's idle p99 (~1 ms when quiet): a shared,
+        loaded machine slows every probe, a blocked event loop only those during."""
+        during, idle = self.p99(self.during), self.p99(self.idle)
+        assert len(self.during) >= at_least, (len(self.during), during)
+        assert during < HEALTH_P99_S + idle, f"p99 {during * 1e3:.1f} ms, idle {idle * 1e3:.1f} ms"
+
+
+def probe(client: httpx.Client, latencies: list[float], until: Callable[[], bool]) -> None:
+    """/health every 2 ms, at least once, until `until()`."""
+    while True:
+        started = time.perf_counter()
+        assert client.get("/health").status_code == 200
+        latencies.append(time.perf_counter() - started)
+        if until():
+            return
+        time.sleep(0.002)
+
+
+def health_while(server: Server, hostile: Callable[[], T]) -> tuple[T, Probes]:
+    """Probe /health for 0.5 s, then run `hostile` on a thread and probe until it returns."""
+    probes = Probes([], [])
+    with ThreadPoolExecutor(1) as pool, httpx.Client(base_url=server.url, timeout=10) as client:
+        idle_until = time.monotonic() + 0.5
+        probe(client, probes.idle, lambda: time.monotonic() > idle_until)
         running = pool.submit(hostile)
-        while not running.done():
-            started = time.perf_counter()
-            assert probe.get("/health").status_code == 200
-            latencies.append(time.perf_counter() - started)
-            time.sleep(0.002)
-        response = running.result()
-    latencies.sort()
-    return response, latencies[int(0.99 * (len(latencies) - 1))], len(latencies)
+        probe(client, probes.during, running.done)
+        return running.result(), probes
 
 
 def image_file(size: tuple[int, int], fmt: str, mode: str = "L", **options) -> bytes:
@@ -125,24 +154,24 @@ def test_the_issues_webp_bombs_are_refused_before_decoding(server, client):
     """23 lossless WebPs of 4096x4096 pixels, 702 bytes each: 413 from the header alone."""
     bomb = image_file((4096, 4096), "WEBP", lossless=True)
     assert len(bomb) < 1024
-    response, p99, probes = health_while(
+    response, probes = health_while(
         server, lambda: client.post("/encode", files=files([bomb] * 23, "webp"))
     )
     assert response.status_code == 413, response.text
     assert response.json()["error"]["code"] == "image_too_large"
     assert "WebP" in response.json()["error"]["message"]
-    assert p99 < HEALTH_P99_S, (p99, probes)
+    probes.assert_fast()
 
 
 def test_health_stays_fast_while_the_largest_allowed_webps_decode(server, client):
     side = math.isqrt(WEBP_MAX_PIXELS)
     allowed = image_file((side, side), "WEBP", lossless=True)
-    response, p99, probes = health_while(
+    response, probes = health_while(
         server, lambda: client.post("/encode", files=files([allowed] * 8, "webp"))
     )
     assert response.status_code == 200, response.text
     assert f"resized {side}x{side}->28x28" in response.json()["conversions"][0]
-    assert probes >= 10 and p99 < HEALTH_P99_S, (p99, probes)
+    probes.assert_fast(at_least=10)
 
 
 def test_health_stays_fast_while_the_largest_allowed_json_is_read(server, client):
@@ -155,23 +184,23 @@ def test_health_stays_fast_while_the_largest_allowed_json_is_read(server, client
     body = b'{"images": ["' + base64.b64encode(noise) + b'"]}'
     assert MAX_BODY * 0.95 < len(body) <= MAX_BODY
     headers = {"content-type": "application/json"}
-    response, p99, probes = health_while(
+    response, probes = health_while(
         server, lambda: client.post("/anomaly", content=body, headers=headers)
     )
     assert response.status_code == 200, response.text
-    assert probes >= 5 and p99 < HEALTH_P99_S, (p99, probes)
+    probes.assert_fast(at_least=5)
 
 
 def test_a_json_body_of_numbers_is_refused_before_parsing(server, client):
     """8 MiB of `0,0,0,...` would hold the interpreter lock for ~0.2 s in orjson."""
     body = b'{"latents": [[' + b"0," * (MAX_BODY // 2 - 16) + b"0]]}"
     headers = {"content-type": "application/json"}
-    response, p99, probes = health_while(
+    response, probes = health_while(
         server, lambda: client.post("/decode", content=body, headers=headers)
     )
     assert response.status_code == 413, response.text
     assert "values" in response.json()["error"]["message"]
-    assert p99 < HEALTH_P99_S, (p99, probes)
+    probes.assert_fast()
 
 
 # --- connections ------------------------------------------------------------------------
@@ -222,9 +251,9 @@ def test_a_huge_header_gets_431_without_being_parsed(server, client):
                 pass
             return answer(sock)[0]
 
-    received, p99, _ = health_while(server, flood)
+    received, probes = health_while(server, flood)
     assert error_code(received) == (431, "head_too_large")
-    assert p99 < HEALTH_P99_S
+    probes.assert_fast()
     assert closed_count(client, "head_too_large") == before + 1
 
 
