@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     ui: bool = Field(default=True, description="serve the web page at /ui; false turns it off")
+    public_docs: bool = Field(
+        default=False, description="/docs, /redoc, /openapi.json without a key when keys are set"
+    )
     warmup_batch_sizes: Annotated[tuple[int, ...], NoDecode] = Field(
         default=(), description="batch sizes warmed up (and padded to); empty = powers of two"
     )

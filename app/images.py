@@ -61,18 +61,25 @@ class DecodedImages:
 def decode_base64(text: str, where: str) -> bytes:
     """Strict base64 (a `data:image/...;base64,` prefix is allowed) -> bytes.
 
-    Decoded in parts, so that a large image never holds the interpreter lock for long;
-    padding may only end the text, as in one strict call.
+    Line breaks are dropped, as RFC 2045 has decoders do: `base64` without `-w0` wraps at
+    76 characters. Anything else outside the alphabet is refused. Decoded in parts, so
+    that a large image never holds the interpreter lock for long; padding may only end
+    the text, as in one strict call.
     """
     if text.startswith("data:"):
         text = text.partition(",")[2]
+    if "\n" in text or "\r" in text:
+        text = text.replace("\r", "").replace("\n", "")
     try:
         if text.find("=", 0, len(text) - 2) != -1:
             raise ValueError("padding before the end")
         parts = range(0, len(text), _BASE64_PART)
         return b"".join(base64.b64decode(text[i : i + _BASE64_PART], validate=True) for i in parts)
     except (binascii.Error, ValueError):
-        raise InvalidImageError(f"{where}: not valid base64") from None
+        raise InvalidImageError(
+            f"{where}: not valid base64 (A-Z, a-z, 0-9, + and / with = padding; "
+            "line breaks are allowed, spaces are not)"
+        ) from None
 
 
 def load_images(

@@ -45,7 +45,7 @@ from app.middleware import (
     DrainGate,
     RequestContextMiddleware,
 )
-from app.openapi import body_models, error_responses, install_openapi
+from app.openapi import body_models, error_responses, install_docs, install_openapi
 from app.render import OrjsonResponse
 from app.repository import ModelRepository
 from app.runtime import StartupError
@@ -72,6 +72,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=_lifespan(settings, metrics, lifecycle),
         default_response_class=OrjsonResponse,
+        openapi_url=None,  # app.openapi.install_docs serves these, behind the key guard
+        docs_url=None,
+        redoc_url=None,
         # what the middleware may answer on any path: the body's size and time, a bad
         # header, a bug
         responses=error_responses(408, 413, 422, 500),
@@ -92,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         install_ui(app)
     _add_middleware(app, settings, metrics, lifecycle)
     install_openapi(app, body_models(routes.api))
+    install_docs(app, None if settings.public_docs else guard)
     return app
 
 

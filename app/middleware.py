@@ -105,7 +105,8 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            context.deadline = _deadline(headers, self.default_timeout_ms, started)
+            if scope["path"] not in PROBES:  # a probe reads no header (app.probes)
+                context.deadline = _deadline(headers, self.default_timeout_ms, started)
             await self.app(scope, receive, send_with_id)
         except ClientDisconnect:
             pass  # nobody is left to answer
@@ -163,7 +164,7 @@ class BodyLimitMiddleware:
         return PayloadTooLargeError(f"the request body is larger than {self.max_bytes} bytes")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in PROBES:  # probes never read a body
             await self.app(scope, receive, send)
             return
         declared = _count(Headers(scope=scope).get("content-length", ""), self.max_bytes)

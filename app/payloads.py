@@ -8,9 +8,15 @@ one `ImageBody`: the validated options plus the images (base64 `str` from JSON, 
 from uploads). Any other Content-Type is a 415 on every route. A pydantic error goes
 straight to `app.errors.from_validation_errors`, located under `body` as FastAPI would.
 
-orjson and pydantic hold the interpreter lock for a whole call, and 8 MiB of `0,0,0,...`
-costs them ~0.2 s: long enough to stall every connection. So a JSON body may hold at
-most `max_values` values (counted by its commas, at C speed, before parsing): what the
+Types are strict in JSON: an integer is an integer (not `4.0`, `"4"` or `true`), a
+boolean is `true` or `false`, a number is not a string; integers of any size parse, so
+one out of range always gets the same message. A form's fields are text, parsed as
+numbers and booleans (`true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`); filenames may
+have at most `MAX_FILENAME` characters.
+
+Parsing holds the interpreter lock for a whole call, and 8 MiB of `0,0,0,...` cost
+~0.2 s: long enough to stall every connection. So a JSON body may hold at most
+`max_values` values (counted by its commas, at C speed, before parsing): what the
 largest valid request needs, never more.
 """
 
@@ -20,8 +26,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-import orjson
 from pydantic import BaseModel, ValidationError
+from pydantic_core import from_json
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -32,6 +38,7 @@ from app.errors import (
     InvalidJsonError,
     InvalidMultipartError,
     MediaTypeError,
+    OutOfRangeError,
     PayloadTooLargeError,
     ServiceError,
     TooManyImagesError,
@@ -45,6 +52,8 @@ F = TypeVar("F", bound=BaseModel)
 Options = TypeVar("Options")
 B = TypeVar("B")
 MAX_FORM_FIELDS = 16  # the options; images travel as files, which have their own limit
+MAX_FILENAME = 255  # characters, as most file systems allow
+PART_HEAD_BYTES = 4224  # python-multipart's limit on one header line of a part
 
 
 @dataclass(frozen=True)
@@ -98,12 +107,15 @@ def is_json(media: str) -> bool:
 
 
 def validate(model: type[M], raw: object) -> M:
-    """`model` from parsed JSON or form fields; a 422 naming the first bad field."""
+    """`model` from form fields; a 422 naming the first bad field."""
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        errors = exc.errors()
-        raise from_validation_errors([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
+        raise _invalid(exc) from None
+
+
+def _invalid(exc: ValidationError) -> ServiceError:
+    return from_validation_errors([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()])
 
 
 def max_json_values(max_images: int, latent_dim: int) -> int:
@@ -113,7 +125,7 @@ def max_json_values(max_images: int, latent_dim: int) -> int:
 
 
 async def read_json(request: Request, model: type[M], max_values: int) -> M:
-    """Parse the body with orjson (which refuses NaN and Infinity) and validate it."""
+    """Parse and validate the body, strictly (see above), off the loop when large."""
     body = await request.body()
     if body.count(b",") >= max_values:
         raise PayloadTooLargeError(
@@ -123,11 +135,21 @@ async def read_json(request: Request, model: type[M], max_values: int) -> M:
 
 
 def _parse(body: bytes, model: type[M]) -> M:
+    """pydantic's own JSON parser: integers of any size (up to 4,300 digits) stay integers,
+    NaN and Infinity are not JSON; then strict validation."""
     try:
-        raw = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
+        raw = from_json(body, allow_inf_nan=False)
+    except ValueError as exc:
+        if str(exc).startswith("number out of range"):
+            raise OutOfRangeError(f"body: a {exc}") from None
         raise InvalidJsonError(f"the body is not valid JSON: {exc}") from None
-    return validate(model, raw)
+    try:
+        return model.model_validate(raw, strict=True)
+    except ValidationError as exc:
+        if exc.errors()[0]["type"] == "finite_number":  # only a literal like 1e999 overflows
+            where = ".".join(str(part) for part in ("body", *exc.errors()[0]["loc"]))
+            raise InvalidJsonError(f"{where}: the number is too large for a float") from None
+        raise _invalid(exc) from None
 
 
 async def read_json_body(request: Request, model: type[M], max_values: int) -> M:
@@ -168,8 +190,8 @@ async def _read_form(
             uploads = form.getlist("files")
             if not all(isinstance(upload, UploadFile) for upload in uploads):
                 raise InvalidMultipartError("`files` must be file parts (filename=...)")
+            names = _file_names(uploads)  # type: ignore[arg-type]
             blobs = [await upload.read() for upload in uploads]  # type: ignore[union-attr]
-            names = [f"files[{i}] ({upload.filename})" for i, upload in enumerate(uploads)]  # type: ignore[union-attr]
     except ServiceError:
         raise
     except HTTPException as exc:  # Starlette's multipart limits and parse errors
@@ -177,5 +199,31 @@ async def _read_form(
             raise TooManyImagesError(
                 f"more than {max_images} files; at most {max_images}"
             ) from None
+        if "Maximum header size exceeded" in _causes(exc):
+            raise InvalidMultipartError(
+                f"a part's header line is longer than {PART_HEAD_BYTES} bytes: "
+                f"filenames may have at most {MAX_FILENAME} characters"
+            ) from None
         raise InvalidMultipartError(f"the multipart body is invalid: {exc.detail}") from None
     return validate(model, {**fields, "files": blobs}), list(blobs), names
+
+
+def _file_names(uploads: list[UploadFile]) -> list[str]:
+    """How errors name each file: `files[0] (a.png)`; a 422 for an over-long filename."""
+    for index, upload in enumerate(uploads):
+        if len(upload.filename or "") > MAX_FILENAME:
+            raise InvalidMultipartError(
+                f"files[{index}]: the filename has {len(upload.filename or '')} characters; "
+                f"at most {MAX_FILENAME}"
+            )
+    return [f"files[{i}] ({upload.filename})" for i, upload in enumerate(uploads)]
+
+
+def _causes(exc: BaseException) -> str:
+    """The messages of `exc` and of every exception it was raised from, as one string."""
+    messages: list[str] = []
+    current: BaseException | None = exc
+    while current is not None:
+        messages.append(str(current))
+        current = current.__cause__ or current.__context__
+    return " / ".join(messages)

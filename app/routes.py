@@ -120,6 +120,11 @@ def verb(
     return register
 
 
+def _above(where: str, limit: int, setting: str) -> OutOfRangeError:
+    """The schema's own message for an integer out of range, for a limit set by `setting`."""
+    return OutOfRangeError(f"{where}: Input should be less than or equal to {limit} ({setting})")
+
+
 async def _load(
     body: ImageBody[Any],
     model: Inference,
@@ -200,7 +205,7 @@ async def sample(call: Call, body: SampleRequest) -> Response:
     """Draw n images from the prior; the same seed gives the same images."""
     model, settings, context = call.model, call.settings, call.context
     if body.n > settings.max_samples:
-        raise OutOfRangeError(f"n={body.n}: at most {settings.max_samples} samples per request")
+        raise _above("body.n", settings.max_samples, "VAE_MAX_SAMPLES")
     seed = draw_seed() if body.seed is None else body.seed
     latents = prior_sample(
         body.n, model.metadata.latent_dim, temperature=body.temperature, seed=seed
@@ -223,7 +228,7 @@ async def interpolate(
     model, settings, context = call.model, call.settings, call.context
     options = body.options
     if options.steps > settings.max_steps:
-        raise OutOfRangeError(f"steps={options.steps}: at most {settings.max_steps}")
+        raise _above("body.steps", settings.max_steps, "VAE_MAX_STEPS")
     ends, conversions = await _endpoints(body, model, settings, context)
     path = interpolation_path(ends[0], ends[1], options.steps, options.method)
     context.items = options.steps

@@ -3,8 +3,9 @@
 Each step runs in a worker thread, as the service runs it, while this thread wakes every
 0.5 ms and records its longest wait: the time the step held the interpreter lock in one
 go, which every connection of a real server waits too. Steps that release the lock
-(Pillow's PNG decoder, zlib, torch) stall little however long they run; orjson, base64
-and Pillow's WebP frame copy stall for their whole call. Figures: docs/benchmarks.md.
+(Pillow's PNG decoder, zlib, torch) stall little however long they run; the JSON parser,
+orjson, base64 and Pillow's WebP frame copy stall for their whole call. Figures:
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Callable
 import numpy as np
 import orjson
 from PIL import Image
+from pydantic_core import from_json
 
 from app.artifact import ModelMetadata
 from app.config import DEFAULT_MODEL_DIR
@@ -80,8 +82,8 @@ def steps() -> dict[str, Callable[[], object]]:
         **{f"decode WebP {side}x{side}": _decode(data, metadata) for side, data in webps.items()},
         "Pillow alone: WebP 4096x4096 (refused)": lambda: Image.open(io.BytesIO(webp_bomb)).load(),
         "decode PNG 4096x4096": _decode(png, metadata),
-        "orjson.loads 8 MiB string": lambda: orjson.loads(string),
-        "orjson.loads 8 MiB of 0,0,0 (refused)": lambda: orjson.loads(numbers),
+        "JSON parse, 8 MiB string": lambda: from_json(string, allow_inf_nan=False),
+        "JSON parse, 8 MiB of 0,0,0 (refused)": lambda: from_json(numbers, allow_inf_nan=False),
         "base64 8 MiB, one call": lambda: base64.b64decode(text, validate=True),
         "base64 8 MiB, decode_base64": lambda: decode_base64(text, "x"),
         "orjson.dumps 256x784 floats, one call": lambda: orjson.dumps(
