@@ -68,16 +68,20 @@ COPY --from=deps /opt/venv /opt/venv
 WORKDIR /srv
 COPY app ./app
 COPY models/mnist ./models/mnist
-# HOST, PORT and WORKERS are the Makefile's names. VAE_DRAIN_TIMEOUT_S bounds both uvicorn's wait
-# for open requests and the app's own drain of its batch queue; an orchestrator's grace period
-# must exceed the sum of the two (see deploy/k8s/base/deployment.yaml). Whole seconds: uvicorn's
-# --timeout-graceful-shutdown takes an integer.
+# HOST, PORT, WORKERS, KEEP_ALIVE_S and MAX_CONNECTIONS are the Makefile's names (the last two:
+# uvicorn's idle timeout and its cap on open connections, enforced with the app's own head, body
+# and header limits by app.connections). VAE_DRAIN_TIMEOUT_S bounds both uvicorn's wait for open
+# requests and the app's own drain of its batch queue; an orchestrator's grace period must exceed
+# the sum of the two (see deploy/k8s/base/deployment.yaml). Whole seconds: uvicorn's
+# --timeout-graceful-shutdown and --timeout-keep-alive take integers.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HOST=0.0.0.0 \
     PORT=8000 \
     WORKERS=1 \
+    KEEP_ALIVE_S=5 \
+    MAX_CONNECTIONS=1000 \
     VAE_MODEL_DIR=/srv/models/mnist \
     VAE_DRAIN_TIMEOUT_S=20
 # A numeric user, so that Kubernetes' runAsNonRoot can verify it.
@@ -88,4 +92,4 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('PORT', '8000'), timeout=4)"]
 # `exec` makes uvicorn PID 1, so it receives SIGTERM itself and drains. The service writes its
 # own JSON access log, hence --no-access-log.
-CMD ["sh", "-c", "exec uvicorn app.main:app --host ${HOST} --port ${PORT} --workers ${WORKERS} --timeout-graceful-shutdown ${VAE_DRAIN_TIMEOUT_S} --no-access-log"]
+CMD ["sh", "-c", "exec uvicorn app.main:app --host ${HOST} --port ${PORT} --workers ${WORKERS} --timeout-graceful-shutdown ${VAE_DRAIN_TIMEOUT_S} --no-access-log --http app.connections:Protocol --timeout-keep-alive ${KEEP_ALIVE_S} --limit-concurrency ${MAX_CONNECTIONS}"]

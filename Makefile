@@ -7,6 +7,8 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 WORKERS ?= 1
 DRAIN_S ?= 20
+KEEP_ALIVE_S ?= 5
+MAX_CONNECTIONS ?= 1000
 
 CHROMIUM ?= /usr/bin/chromium
 
@@ -37,10 +39,13 @@ $(CHROMIUM):
 		tail -n 3 $$log; echo "apt-get could not install chromium: the browser tests will skip"; fi; \
 	rm -f $$log
 
-# The same command the container runs; the app writes its own JSON access log.
+# The same command the container runs; the app writes its own JSON access log, and
+# app.connections bounds every phase of a connection (README, "Connections").
 run: $(VENV)/.runtime
 	VAE_DRAIN_TIMEOUT_S=$(DRAIN_S) $(BIN)/uvicorn app.main:app --host $(HOST) --port $(PORT) \
-		--workers $(WORKERS) --timeout-graceful-shutdown $(DRAIN_S) --no-access-log
+		--workers $(WORKERS) --timeout-graceful-shutdown $(DRAIN_S) --no-access-log \
+		--http app.connections:Protocol --timeout-keep-alive $(KEEP_ALIVE_S) \
+		--limit-concurrency $(MAX_CONNECTIONS)
 
 test: $(VENV)/.dev | $(CHROMIUM)
 	$(BIN)/ruff check .

@@ -72,6 +72,17 @@ class Settings(BaseSettings):
         default=(), description="comma-separated origins; empty = CORS off"
     )
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, description="request body limit")
+    # what `app.connections` bounds before a request reaches the app (uvicorn has no knob)
+    max_head_bytes: int = Field(
+        default=16 * 1024, ge=1024, le=1024 * 1024, description="request line + headers; 431"
+    )
+    max_headers: int = Field(default=100, ge=8, le=10_000, description="header lines; 431")
+    head_timeout_s: float = Field(
+        default=10.0, gt=0.0, le=600.0, description="to send a request head, from its first byte"
+    )
+    body_timeout_s: float = Field(
+        default=30.0, gt=0.0, le=3600.0, description="to send a request body, after its head"
+    )
     max_images: int = Field(default=256, ge=1, le=65_536, description="images per request")
     max_pixels: int = Field(
         default=4096 * 4096,
@@ -85,6 +96,9 @@ class Settings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     ui: bool = Field(default=True, description="serve the web page at /ui; false turns it off")
+    public_docs: bool = Field(
+        default=False, description="/docs, /redoc, /openapi.json without a key when keys are set"
+    )
     warmup_batch_sizes: Annotated[tuple[int, ...], NoDecode] = Field(
         default=(), description="batch sizes warmed up (and padded to); empty = powers of two"
     )

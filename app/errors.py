@@ -22,16 +22,21 @@ Inference Protocol) it is that protocol's `{"error": "<message>"}`. The tree::
     │   └── UnknownModelError       404 model_not_found    no such model or version
     ├── ModelLoadError              409 load_failed        an admin's load did not come up
     ├── MediaTypeError              415 unsupported_media_type
+    ├── HeadTooLargeError           431 head_too_large     request line + headers
+    ├── ReadTimeoutError            408 read_timeout       the client sent too slowly
     ├── UnavailableError            503 unavailable        (all 503s carry Retry-After)
     │   ├── OverloadedError         503 queue_full
     │   ├── NotReadyError           503 not_ready
     │   ├── ModelUnavailableError   503 model_unavailable  known, but no version is ready
-    │   └── ShuttingDownError       503 shutting_down
+    │   ├── ShuttingDownError       503 shutting_down
+    │   └── TooManyConnectionsError 503 too_many_connections
     ├── RequestTimeoutError         504 timeout
     └── NonFiniteResultError        500 non_finite_output  the model produced NaN or inf
 
 Errors derive from Starlette's `HTTPException` so that FastAPI passes them through its
-own body parsing untouched. A 5xx message carries the request id for the operator.
+own body parsing untouched. A 5xx message carries the request id for the operator. 431,
+408 and `too_many_connections` come from `app.connections` before any app code runs
+(request id `-`), or (408 for a body) from `app.middleware`; they close the connection.
 """
 
 from __future__ import annotations
@@ -126,6 +131,20 @@ class MediaTypeError(ServiceError):
     status_code, code = 415, "unsupported_media_type"
 
 
+class HeadTooLargeError(ServiceError):
+    status_code, code = 431, "head_too_large"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Connection": "close"})
+
+
+class ReadTimeoutError(ServiceError):
+    status_code, code = 408, "read_timeout"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Connection": "close"})
+
+
 class UnavailableError(ServiceError):
     status_code, code = 503, "unavailable"
     retry_after_s = 1
@@ -149,6 +168,14 @@ class ModelUnavailableError(UnavailableError):
 class ShuttingDownError(UnavailableError):
     code = "shutting_down"
     retry_after_s = 5
+
+
+class TooManyConnectionsError(UnavailableError):
+    code = "too_many_connections"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.headers = {**(self.headers or {}), "Connection": "close"}
 
 
 class RequestTimeoutError(ServiceError):

@@ -10,8 +10,9 @@ lifespan owns every long-lived object, in this order:
 
 uvicorn stops accepting connections on SIGTERM and waits for in-flight requests before
 the lifespan stops; run it with `--timeout-graceful-shutdown` close to
-`VAE_DRAIN_TIMEOUT_S` so that a stuck client cannot hold the process, and with
-`--no-access-log` since the service writes its own JSON access log.
+`VAE_DRAIN_TIMEOUT_S` so that a stuck client cannot hold the process, with
+`--no-access-log` since the service writes its own JSON access log, and with
+`--http app.connections:Protocol`, which bounds every phase of a connection.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from app.middleware import (
     DrainGate,
     RequestContextMiddleware,
 )
-from app.openapi import body_models, error_responses, install_openapi
+from app.openapi import body_models, error_responses, install_docs, install_openapi
 from app.render import OrjsonResponse
 from app.repository import ModelRepository
 from app.runtime import StartupError
@@ -71,8 +72,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=_lifespan(settings, metrics, lifecycle),
         default_response_class=OrjsonResponse,
-        # what the middleware may answer on any path: the body limit, a bad header, a bug
-        responses=error_responses(413, 422, 500),
+        openapi_url=None,  # app.openapi.install_docs serves these, behind the key guard
+        docs_url=None,
+        redoc_url=None,
+        # what the middleware may answer on any path: the body's size and time, a bad
+        # header, a bug
+        responses=error_responses(408, 413, 422, 500),
     )
     for error in (HTTPException, RequestValidationError):
         app.add_exception_handler(error, handle_error)
@@ -90,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         install_ui(app)
     _add_middleware(app, settings, metrics, lifecycle)
     install_openapi(app, body_models(routes.api))
+    install_docs(app, None if settings.public_docs else guard)
     return app
 
 
@@ -98,7 +104,11 @@ def _add_middleware(
 ) -> None:
     """Innermost first: each `add_middleware` wraps everything added before it."""
     app.add_middleware(DisconnectCanceller)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        timeout_s=settings.body_timeout_s,
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

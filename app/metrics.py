@@ -12,6 +12,9 @@ One `Metrics` per app, so tests can build many apps in one process. Names::
     vae_queue_rows                                   gauge      rows waiting now
     vae_in_flight_requests                           gauge      requests in the batcher now
     vae_rejected_total{reason}                       counter    queue_full, shutting_down
+    vae_connections_closed_total{reason}             counter    by app.connections: head_too_large,
+                                                                head_timeout, body_timeout,
+                                                                too_many_connections
     vae_timeouts_total{endpoint}                     counter    504s
     vae_ready                                        gauge      1 when serving
     vae_model_loaded{model, version}                 gauge      1 per version serving
@@ -95,6 +98,12 @@ class Metrics:
             "vae_rejected", "requests refused before queueing", ["reason"], registry=r
         )
         self.timeouts = Counter("vae_timeouts", "requests answered 504", ["endpoint"], registry=r)
+        self.connections_closed = Counter(
+            "vae_connections_closed",
+            "connections the server closed before the app answered",
+            ["reason"],
+            registry=r,
+        )
         self.ready = Gauge("vae_ready", "1 while the service is ready", registry=r)
         self.model_loaded = Gauge(
             "vae_model_loaded", "1 per model version serving", MODEL_LABELS, registry=r

@@ -5,7 +5,9 @@
   access-log line and the request metrics per request, and the last-resort 500.
 - `DrainGate`: while draining, new work is answered 503 `shutting_down` at once.
 - `BodyLimitMiddleware`: 413 as soon as `Content-Length` or the bytes received so far
-  pass the limit; the body is never read to its end first.
+  pass the limit; the body is never read to its end first. 408 (and the connection
+  closed) when the app waits for a body that has not arrived within
+  `VAE_BODY_TIMEOUT_S` of the request's start.
 - `DisconnectCanceller`: a client that hangs up after sending its request cancels the
   request's task, so its rows leave the batcher's queue uncomputed.
 
@@ -28,6 +30,7 @@ from app.context import RequestContext
 from app.errors import (
     InvalidHeaderError,
     PayloadTooLargeError,
+    ReadTimeoutError,
     ServiceError,
     ShuttingDownError,
     as_service_error,
@@ -102,7 +105,8 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            context.deadline = _deadline(headers, self.default_timeout_ms, started)
+            if scope["path"] not in PROBES:  # a probe reads no header (app.probes)
+                context.deadline = _deadline(headers, self.default_timeout_ms, started)
             await self.app(scope, receive, send_with_id)
         except ClientDisconnect:
             pass  # nobody is left to answer
@@ -151,15 +155,16 @@ class DrainGate:
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_bytes: int, timeout_s: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     def _too_large(self) -> PayloadTooLargeError:
         return PayloadTooLargeError(f"the request body is larger than {self.max_bytes} bytes")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in PROBES:  # probes never read a body
             await self.app(scope, receive, send)
             return
         declared = _count(Headers(scope=scope).get("content-length", ""), self.max_bytes)
@@ -168,14 +173,24 @@ class BodyLimitMiddleware:
             error = self._too_large()
             await error_response(error, context.request_id, scope["path"])(scope, receive, send)
             return
-        received = 0
+        received, complete = 0, False
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, complete
+            if complete:  # what follows the body is the hang-up, however late
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:  # an HTTPException, like the 413: FastAPI passes it through
+                raise ReadTimeoutError(
+                    f"the request body did not arrive within {self.timeout_s:g} s"
+                ) from None
+            complete = message["type"] != "http.request" or not message.get("more_body", False)
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:  # an HTTPException: FastAPI passes it through
+                if received > self.max_bytes:
                     raise self._too_large()
             return message
 

@@ -14,11 +14,14 @@ body for its statuses, and `install_openapi` adds the request and response heade
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
@@ -91,6 +94,31 @@ def body_models(*routers: APIRouter) -> list[type[BaseModel]]:
                 if model not in models:
                     models.append(model)
     return models
+
+
+def install_docs(app: FastAPI, guard: Callable[..., Awaitable[None]] | None) -> None:
+    """/openapi.json, /docs (Swagger UI) and /redoc, behind `guard` when given.
+
+    FastAPI's own are turned off (`create_app`) because they take no dependency; these are
+    the same pages. A browser sends no key when it opens /docs, so behind a key the pages
+    are for clients that fetch them with one; `VAE_PUBLIC_DOCS=true` publishes them.
+    """
+    dependencies = [] if guard is None else [Depends(guard)]
+
+    def prefix(request: Request) -> str:
+        return str(request.scope.get("root_path", "")).rstrip("/")
+
+    async def document(request: Request) -> Response:
+        return JSONResponse(app.openapi())
+
+    async def swagger(request: Request) -> Response:
+        return get_swagger_ui_html(openapi_url=f"{prefix(request)}/openapi.json", title=app.title)
+
+    async def redoc(request: Request) -> Response:
+        return get_redoc_html(openapi_url=f"{prefix(request)}/openapi.json", title=app.title)
+
+    for path, endpoint in (("/openapi.json", document), ("/docs", swagger), ("/redoc", redoc)):
+        app.add_api_route(path, endpoint, include_in_schema=False, dependencies=dependencies)
 
 
 def install_openapi(app: FastAPI, models: list[type[BaseModel]]) -> None:

@@ -7,6 +7,17 @@ tells `app.openapi` which models and content types to document. Image bodies arr
 one `ImageBody`: the validated options plus the images (base64 `str` from JSON, `bytes`
 from uploads). Any other Content-Type is a 415 on every route. A pydantic error goes
 straight to `app.errors.from_validation_errors`, located under `body` as FastAPI would.
+
+Types are strict in JSON: an integer is an integer (not `4.0`, `"4"` or `true`), a
+boolean is `true` or `false`, a number is not a string; integers of any size parse, so
+one out of range always gets the same message. A form's fields are text, parsed as
+numbers and booleans (`true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`); filenames may
+have at most `MAX_FILENAME` characters.
+
+Parsing holds the interpreter lock for a whole call, and 8 MiB of `0,0,0,...` cost
+~0.2 s: long enough to stall every connection. So a JSON body may hold at most
+`max_values` values (counted by its commas, at C speed, before parsing): what the
+largest valid request needs, never more.
 """
 
 from __future__ import annotations
@@ -15,17 +26,20 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-import orjson
 from pydantic import BaseModel, ValidationError
+from pydantic_core import from_json
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
+from app import offload
 from app.config import Settings
 from app.errors import (
     InvalidJsonError,
     InvalidMultipartError,
     MediaTypeError,
+    OutOfRangeError,
+    PayloadTooLargeError,
     ServiceError,
     TooManyImagesError,
     from_validation_errors,
@@ -38,6 +52,8 @@ F = TypeVar("F", bound=BaseModel)
 Options = TypeVar("Options")
 B = TypeVar("B")
 MAX_FORM_FIELDS = 16  # the options; images travel as files, which have their own limit
+MAX_FILENAME = 255  # characters, as most file systems allow
+PART_HEAD_BYTES = 4224  # python-multipart's limit on one header line of a part
 
 
 @dataclass(frozen=True)
@@ -52,7 +68,7 @@ class BodyFormat(Generic[B]):
     """How one route's body is read, and documented."""
 
     models: tuple[type[BaseModel], ...]  # the JSON model, then the form model if any
-    read: Callable[[Request, Settings], Awaitable[B]]
+    read: Callable[[Request, Settings, int], Awaitable[B]]  # (request, settings, max_values)
 
     @property
     def openapi(self) -> dict[str, Any]:
@@ -63,8 +79,8 @@ class BodyFormat(Generic[B]):
 def json_body(model: type[M]) -> BodyFormat[M]:
     """A JSON-only body validated by `model`."""
 
-    async def read(request: Request, settings: Settings) -> M:
-        return await read_json_body(request, model)
+    async def read(request: Request, settings: Settings, max_values: int) -> M:
+        return await read_json_body(request, model, max_values)
 
     return BodyFormat((model,), read)
 
@@ -75,9 +91,9 @@ def image_body(
     """JSON `{"images": [...], ...}` or a multipart form with `files`; at most
     `max_images` images (default: `VAE_MAX_IMAGES`)."""
 
-    async def read(request: Request, settings: Settings) -> ImageBody[J | F]:
+    async def read(request: Request, settings: Settings, max_values: int) -> ImageBody[J | F]:
         limit = settings.max_images if max_images is None else max_images
-        return await read_image_body(request, json_model, form_model, limit)
+        return await read_image_body(request, json_model, form_model, limit, max_values)
 
     return BodyFormat((json_model, form_model), read)
 
@@ -91,39 +107,67 @@ def is_json(media: str) -> bool:
 
 
 def validate(model: type[M], raw: object) -> M:
-    """`model` from parsed JSON or form fields; a 422 naming the first bad field."""
+    """`model` from form fields; a 422 naming the first bad field."""
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        errors = exc.errors()
-        raise from_validation_errors([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
+        raise _invalid(exc) from None
 
 
-async def read_json(request: Request, model: type[M]) -> M:
-    """Parse the body with orjson (which refuses NaN and Infinity) and validate it."""
+def _invalid(exc: ValidationError) -> ServiceError:
+    return from_validation_errors([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()])
+
+
+def max_json_values(max_images: int, latent_dim: int) -> int:
+    """Values in the largest valid body: `max_images` latents (or images, each with a
+    data-URL comma), plus the options."""
+    return max_images * (latent_dim + 2) + 64
+
+
+async def read_json(request: Request, model: type[M], max_values: int) -> M:
+    """Parse and validate the body, strictly (see above), off the loop when large."""
+    body = await request.body()
+    if body.count(b",") >= max_values:
+        raise PayloadTooLargeError(
+            f"the JSON body holds more than {max_values} values; no valid request needs more"
+        )
+    return await offload.run(len(body) <= offload.INLINE_JSON_BYTES, _parse, body, model)
+
+
+def _parse(body: bytes, model: type[M]) -> M:
+    """pydantic's own JSON parser: integers of any size (up to 4,300 digits) stay integers,
+    NaN and Infinity are not JSON; then strict validation."""
     try:
-        raw = orjson.loads(await request.body())
-    except orjson.JSONDecodeError as exc:
+        raw = from_json(body, allow_inf_nan=False)
+    except ValueError as exc:
+        if str(exc).startswith("number out of range"):
+            raise OutOfRangeError(f"body: a {exc}") from None
         raise InvalidJsonError(f"the body is not valid JSON: {exc}") from None
-    return validate(model, raw)
+    try:
+        return model.model_validate(raw, strict=True)
+    except ValidationError as exc:
+        if exc.errors()[0]["type"] == "finite_number":  # only a literal like 1e999 overflows
+            where = ".".join(str(part) for part in ("body", *exc.errors()[0]["loc"]))
+            raise InvalidJsonError(f"{where}: the number is too large for a float") from None
+        raise _invalid(exc) from None
 
 
-async def read_json_body(request: Request, model: type[M]) -> M:
+async def read_json_body(request: Request, model: type[M], max_values: int) -> M:
     """A JSON-only body: any other Content-Type is refused with 415, as on every route."""
     media = media_type(request)
     if not is_json(media):
         raise MediaTypeError(f"Content-Type {media or '(none)'}: send application/json")
-    return await read_json(request, model)
+    return await read_json(request, model, max_values)
 
 
 async def read_image_body(
-    request: Request, json_model: type[J], form_model: type[F], max_images: int
+    request: Request, json_model: type[J], form_model: type[F], max_images: int, max_values: int
 ) -> ImageBody[J | F]:
     """JSON `{"images": [...], ...}` or multipart `files=@a.png ...`, at most `max_images`."""
     media = media_type(request)
     options: J | F
     if is_json(media):
-        options = await read_json(request, json_model)
+        options = await read_json(request, json_model, max_values)
         images: list[str | bytes] = list(getattr(options, "images", None) or [])
         names = [f"images[{i}]" for i in range(len(images))]
     elif media == "multipart/form-data":
@@ -146,8 +190,8 @@ async def _read_form(
             uploads = form.getlist("files")
             if not all(isinstance(upload, UploadFile) for upload in uploads):
                 raise InvalidMultipartError("`files` must be file parts (filename=...)")
+            names = _file_names(uploads)  # type: ignore[arg-type]
             blobs = [await upload.read() for upload in uploads]  # type: ignore[union-attr]
-            names = [f"files[{i}] ({upload.filename})" for i, upload in enumerate(uploads)]  # type: ignore[union-attr]
     except ServiceError:
         raise
     except HTTPException as exc:  # Starlette's multipart limits and parse errors
@@ -155,5 +199,31 @@ async def _read_form(
             raise TooManyImagesError(
                 f"more than {max_images} files; at most {max_images}"
             ) from None
+        if "Maximum header size exceeded" in _causes(exc):
+            raise InvalidMultipartError(
+                f"a part's header line is longer than {PART_HEAD_BYTES} bytes: "
+                f"filenames may have at most {MAX_FILENAME} characters"
+            ) from None
         raise InvalidMultipartError(f"the multipart body is invalid: {exc.detail}") from None
     return validate(model, {**fields, "files": blobs}), list(blobs), names
+
+
+def _file_names(uploads: list[UploadFile]) -> list[str]:
+    """How errors name each file: `files[0] (a.png)`; a 422 for an over-long filename."""
+    for index, upload in enumerate(uploads):
+        if len(upload.filename or "") > MAX_FILENAME:
+            raise InvalidMultipartError(
+                f"files[{index}]: the filename has {len(upload.filename or '')} characters; "
+                f"at most {MAX_FILENAME}"
+            )
+    return [f"files[{i}] ({upload.filename})" for i, upload in enumerate(uploads)]
+
+
+def _causes(exc: BaseException) -> str:
+    """The messages of `exc` and of every exception it was raised from, as one string."""
+    messages: list[str] = []
+    current: BaseException | None = exc
+    while current is not None:
+        messages.append(str(current))
+        current = current.__cause__ or current.__context__
+    return " / ".join(messages)

@@ -15,10 +15,10 @@ from functools import partial
 from typing import Any, TypeVar
 
 import torch
-from anyio import to_thread
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
 
+from app import offload
 from app.config import Settings
 from app.context import RequestContext
 from app.dependencies import Call, ServicesDep
@@ -32,8 +32,8 @@ from app.images import DecodedImages, load_images
 from app.inference import Inference
 from app.latents import draw_seed, interpolation_path, posterior_sample, prior_noise
 from app.openapi import error_responses
-from app.payloads import BodyFormat, ImageBody, image_body, json_body
-from app.render import OrjsonResponse, floats, image_payload
+from app.payloads import BodyFormat, ImageBody, image_body, json_body, max_json_values
+from app.render import floats, image_payload, json_response
 from app.schemas import (
     AnomalyForm,
     AnomalyRequest,
@@ -58,10 +58,7 @@ SIDES = ("start", "end")
 # full queue, the deadline (415: `request_body`, for the routes that read their own)
 api = APIRouter(responses=error_responses(401, 503, 504))
 
-# Below these sizes a thread hop costs more than the work (a 28x28 PNG decodes in ~100 us),
-# so small requests decode and encode on the event loop; larger ones go to a thread.
-INLINE_DECODE_BYTES = 16 * 1024
-INLINE_ENCODE_PIXELS = 4 * 28 * 28
+LATENT_VALUES = 4096  # per torch.tensor call, which holds the interpreter lock
 
 
 NAME_PARAMETER = {
@@ -98,7 +95,10 @@ def verb(
             context.model, context.version = served.name, str(served.version)
             call = Call(served.acquire(), services.settings, context)
             try:
-                return await handler(call, await body.read(request, services.settings))
+                max_values = max_json_values(
+                    services.settings.max_images, call.model.metadata.latent_dim
+                )
+                return await handler(call, await body.read(request, services.settings, max_values))
             finally:
                 served.release()
 
@@ -120,6 +120,11 @@ def verb(
     return register
 
 
+def _above(where: str, limit: int, setting: str) -> OutOfRangeError:
+    """The schema's own message for an integer out of range, for a limit set by `setting`."""
+    return OutOfRangeError(f"{where}: Input should be less than or equal to {limit} ({setting})")
+
+
 async def _load(
     body: ImageBody[Any],
     model: Inference,
@@ -127,7 +132,7 @@ async def _load(
     context: RequestContext,
     keep_originals: bool = False,
 ) -> DecodedImages:
-    """Decode the uploads off the event loop (bounded by the request's deadline)."""
+    """Decode the uploads, off the event loop unless small (bounded by the deadline)."""
     context.items = len(body.images)
     job = partial(
         load_images,
@@ -138,24 +143,29 @@ async def _load(
         names=body.names,
         keep_originals=keep_originals,
     )
-    if sum(len(image) for image in body.images) <= INLINE_DECODE_BYTES:
-        return job()
-    return await to_thread.run_sync(job)
+    return await offload.run(offload.decodes_inline(body.images), job)
 
 
 async def _images_out(images: torch.Tensor, image_format: str) -> dict[str, Any]:
-    if images.numel() <= INLINE_ENCODE_PIXELS:
-        return image_payload(images, image_format)
-    return await to_thread.run_sync(image_payload, images, image_format)
+    inline = images.numel() <= offload.INLINE_ENCODE_PIXELS
+    return await offload.run(inline, image_payload, images, image_format)
 
 
-def _latents(vectors: list[list[float]], dim: int, where: str) -> torch.Tensor:
+async def _latents(vectors: list[list[float]], dim: int, where: str) -> torch.Tensor:
     for index, vector in enumerate(vectors):
         if len(vector) != dim:
             raise LatentSizeError(
                 f"{where}[{index}] has {len(vector)} values; this model's latent size is {dim}"
             )
-    return torch.tensor(vectors, dtype=torch.float32).reshape(len(vectors), dim)
+    inline = len(vectors) * dim <= LATENT_VALUES
+    return await offload.run(inline, _latent_tensor, vectors, dim)
+
+
+def _latent_tensor(vectors: list[list[float]], dim: int) -> torch.Tensor:
+    """(N, D) from N lists, a few thousand values per conversion."""
+    step = max(1, LATENT_VALUES // dim)
+    parts = [torch.tensor(vectors[i : i + step]) for i in range(0, len(vectors), step)]
+    return torch.cat(parts).to(torch.float32).reshape(len(vectors), dim)
 
 
 @verb("/encode", image_body(EncodeRequest, EncodeForm), EncodeResponse)
@@ -167,7 +177,7 @@ async def encode(call: Call, body: ImageBody[EncodeRequest | EncodeForm]) -> Res
     options = body.options
     seed = (draw_seed() if options.seed is None else options.seed) if options.sample else None
     z = None if seed is None else floats(posterior_sample(mu, logvar, seed=seed))
-    return OrjsonResponse(
+    return await json_response(
         {
             "mu": floats(mu),
             "logvar": floats(logvar),
@@ -184,10 +194,10 @@ async def decode(call: Call, body: DecodeRequest) -> Response:
     model, settings, context = call.model, call.settings, call.context
     if len(body.latents) > settings.max_images:
         raise TooManyImagesError(f"{len(body.latents)} latents; at most {settings.max_images}")
-    latents = _latents(body.latents, model.metadata.latent_dim, "latents")
+    latents = await _latents(body.latents, model.metadata.latent_dim, "latents")
     context.items = len(latents)
     images = await model.decode(latents, context)
-    return OrjsonResponse(await _images_out(images, body.format))
+    return await json_response(await _images_out(images, body.format))
 
 
 @verb("/sample", json_body(SampleRequest), SampleResponse)
@@ -195,13 +205,13 @@ async def sample(call: Call, body: SampleRequest) -> Response:
     """Draw n images from the model's sampling prior; the same seed gives the same images."""
     model, settings, context = call.model, call.settings, call.context
     if body.n > settings.max_samples:
-        raise OutOfRangeError(f"n={body.n}: at most {settings.max_samples} samples per request")
+        raise _above("body.n", settings.max_samples, "VAE_MAX_SAMPLES")
     seed = draw_seed() if body.seed is None else body.seed
     noise = prior_noise(body.n, model.metadata.latent_dim, temperature=body.temperature, seed=seed)
     context.items = body.n
     latents, images = await model.sample(noise, context)
     rendered = await _images_out(images, body.format)
-    return OrjsonResponse({**rendered, "latents": floats(latents), "seed": seed})
+    return await json_response({**rendered, "latents": floats(latents), "seed": seed})
 
 
 @verb(
@@ -216,13 +226,13 @@ async def interpolate(
     model, settings, context = call.model, call.settings, call.context
     options = body.options
     if options.steps > settings.max_steps:
-        raise OutOfRangeError(f"steps={options.steps}: at most {settings.max_steps}")
+        raise _above("body.steps", settings.max_steps, "VAE_MAX_STEPS")
     ends, conversions = await _endpoints(body, model, settings, context)
     path = interpolation_path(ends[0], ends[1], options.steps, options.method)
     context.items = options.steps
     images = await model.decode(path, context)
     rendered = await _images_out(images, options.format)
-    return OrjsonResponse({**rendered, "latents": floats(path), "conversions": conversions})
+    return await json_response({**rendered, "latents": floats(path), "conversions": conversions})
 
 
 async def _endpoints(
@@ -242,7 +252,7 @@ async def _endpoints(
             for name, end in (("start", options.start), ("end", options.end))
         ]
     vectors: list[torch.Tensor | None] = [
-        None if latent is None else _latents([latent], dim, f"{side}.latent")[0]
+        None if latent is None else (await _latents([latent], dim, f"{side}.latent"))[0]
         for (latent, _, _), side in zip(ends, SIDES, strict=True)
     ]
     notes: dict[str, list[str]] = {side: [] for side in SIDES}
@@ -269,7 +279,7 @@ async def anomaly(call: Call, body: ImageBody[AnomalyRequest | AnomalyForm]) -> 
     heatmaps: list[HeatMap | None] = [None] * len(scores)
     if maps is not None and images.originals is not None:
         threshold = calibration.threshold if model.metadata.calibrated_map else None
-        heatmaps = list(await to_thread.run_sync(render, maps, images.originals, threshold))
+        heatmaps = list(await offload.run(False, render, maps, images.originals, threshold))
     results = [
         {
             "score": score,
@@ -283,4 +293,4 @@ async def anomaly(call: Call, body: ImageBody[AnomalyRequest | AnomalyForm]) -> 
         }
         for score, heat, notes in zip(scores.tolist(), heatmaps, images.conversions, strict=True)
     ]
-    return OrjsonResponse({"results": results})
+    return await json_response({"results": results})

@@ -1,8 +1,13 @@
 """Optional API keys: `Authorization: Bearer <key>` or `X-API-Key: <key>`.
 
-With no key configured every endpoint is open. With keys, the API routes need one;
-`/health`, `/ready` and `/metrics` never do (probes and scrapers carry no secrets).
-Keys are compared in constant time against every configured key, and never logged.
+With no key configured every endpoint is open. With keys, the API routes and the API's
+documentation (`/docs`, `/redoc`, `/openapi.json`, unless `VAE_PUBLIC_DOCS=true`) need
+one; `/health`, `/ready` and `/metrics` never do (probes and scrapers carry no secrets).
+
+Both headers are read alike: surrounding whitespace is dropped, and an empty value is no
+key. When a request carries both, the Bearer token is the key and `X-API-Key` is not
+read, so a proxy's header never decides for the client's. Keys are compared in constant
+time against every configured key, and never logged.
 """
 
 from __future__ import annotations
@@ -33,11 +38,11 @@ class ApiKeys:
 
 
 def presented_key(request: Request) -> str | None:
-    """The key a request carries, from `Authorization: Bearer` or `X-API-Key`."""
-    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    """The key a request carries: its Bearer token, else its `X-API-Key`, trimmed."""
+    scheme, _, credentials = request.headers.get("authorization", "").strip().partition(" ")
     if scheme.lower() == "bearer" and credentials.strip():
         return credentials.strip()
-    return request.headers.get("x-api-key") or None
+    return request.headers.get("x-api-key", "").strip() or None
 
 
 def api_key_guard(keys: ApiKeys, role: str = "API") -> Callable[[Request], Awaitable[None]]:

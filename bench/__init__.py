@@ -11,4 +11,5 @@ ceiling      the model called in process, no HTTP
 analysis     ratios between configurations, and the targets
 report       results.json, results.md, throughput_p99.png
 naive_app    the naive baseline: the model called inside each request
+stalls       `python -m bench.stalls`: how long each costly step stalls the event loop
 """

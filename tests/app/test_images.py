@@ -19,6 +19,7 @@ from app.errors import (
     UnsupportedModeError,
 )
 from app.images import (
+    WEBP_MAX_PIXELS,
     decode_base64,
     images_to_base64_png,
     load_image,
@@ -127,6 +128,31 @@ def test_base64_is_strict_and_accepts_data_urls():
     assert decode_base64("data:image/png;base64,aGk=", "x") == b"hi"
     with pytest.raises(InvalidImageError, match="images\\[2\\]: not valid base64"):
         decode_base64("aGk=!!", "images[2]")
+
+
+def test_long_base64_decodes_in_parts_like_one_strict_call():
+    data = np.random.default_rng(0).integers(0, 256, 3 * 2**19 + 2, dtype=np.uint8).tobytes()
+    text = base64.b64encode(data).decode()
+    assert decode_base64(text, "x") == data
+    for broken in (
+        text[:1000] + "==" + text[1000:],
+        text[:-1],
+        text[:500_000] + "*" + text[500_001:],
+    ):
+        with pytest.raises(InvalidImageError):
+            decode_base64(broken, "x")
+
+
+def test_webp_has_its_own_smaller_pixel_limit(metadata):
+    """Pillow's WebP decoder holds the interpreter lock while it copies the frame."""
+    side = int(WEBP_MAX_PIXELS**0.5) + 1
+    buffer = io.BytesIO()
+    Image.new("L", (side, side)).save(buffer, format="WEBP", lossless=True)
+    with pytest.raises(ImageTooLargeError, match="the limit for WebP"):
+        load(buffer.getvalue(), metadata)
+    buffer = io.BytesIO()
+    Image.new("L", (side, side)).save(buffer, format="PNG")
+    assert load(buffer.getvalue(), metadata)[0].shape == (28, 28)
 
 
 def test_png_output_round_trips(metadata):

@@ -44,7 +44,8 @@ async def test_access_log_is_one_json_line_without_image_data(client, images, lo
 
 @pytest.mark.parametrize("value", ["abc", "0", "-5", "1.5"])
 async def test_bad_timeout_header_is_422(client, assert_error, value):
-    response = await client.get("/health", headers={"X-Request-Timeout-Ms": value})
+    """On the API; probes read no header (tests/app/test_probes.py)."""
+    response = await client.get("/model", headers={"X-Request-Timeout-Ms": value})
     assert_error(response, 422, "invalid_header")
 
 
@@ -55,7 +56,7 @@ async def test_bad_timeout_header_is_422(client, assert_error, value):
 )
 async def test_timeout_header_is_parsed_as_ascii_digits(client, value, status):
     """Both of the first two were a 500: `str.isdigit` passed them, then `int` raised."""
-    response = await client.get("/health", headers={"X-Request-Timeout-Ms": value})
+    response = await client.get("/model", headers={"X-Request-Timeout-Ms": value})
     assert response.status_code == status, response.text
 
 

@@ -69,3 +69,44 @@ async def test_keys_never_reach_the_logs(guarded, log_lines):
     logged = "\n".join(log_lines)
     assert '"endpoint":"/model"' in logged
     assert KEY not in logged and "wrong-key-xyz" not in logged
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-API-Key": f"  {KEY}  "},
+        {"X-API-Key": f"\t{KEY}"},
+        {"Authorization": f"Bearer   {KEY}  "},
+        {"Authorization": f"  bearer {KEY}"},
+    ],
+    ids=["x-api-key spaces", "x-api-key tab", "bearer spaces", "leading spaces"],
+)
+async def test_both_headers_are_trimmed_alike(guarded, headers):
+    assert (await guarded.get("/model", headers=headers)).status_code == 200
+
+
+async def test_with_both_headers_the_bearer_token_is_the_key(guarded, assert_error):
+    both = {"Authorization": f"Bearer {KEY}", "X-API-Key": "wrong"}
+    assert (await guarded.get("/model", headers=both)).status_code == 200
+    both = {"Authorization": "Bearer wrong", "X-API-Key": KEY}
+    assert_error(await guarded.get("/model", headers=both), 401, "unauthorized")
+    not_bearer = {"Authorization": f"Basic {KEY}", "X-API-Key": KEY}
+    assert (await guarded.get("/model", headers=not_bearer)).status_code == 200
+
+
+async def test_a_blank_key_is_no_key(guarded):
+    response = await guarded.get("/model", headers={"X-API-Key": "   "})
+    assert "is required" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc", "/openapi.json"])
+async def test_the_docs_need_a_key_when_keys_are_set(guarded, assert_error, path):
+    assert_error(await guarded.get(path), 401, "unauthorized")
+    assert (await guarded.get(path, headers={"X-API-Key": KEY})).status_code == 200
+
+
+async def test_public_docs_publish_them_without_a_key(serve):
+    async with serve(api_keys=KEY, public_docs=True) as client:
+        for path in ("/docs", "/redoc", "/openapi.json"):
+            assert (await client.get(path)).status_code == 200
+        assert (await client.get("/model")).status_code == 401

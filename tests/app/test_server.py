@@ -1,48 +1,26 @@
 """A real uvicorn process on loopback: shutdown, overload, deadlines and disconnects.
 
 These behaviours live in the server (signals, sockets, concurrent connections), so the
-tests start `uvicorn app.main:app` as a subprocess on a port it picks itself. The model
-is the tiny test artifact, slowed by a fixed sleep per model call (a launcher patches
-`ModelRuntime.run` in the child only), so bursts stay in flight long enough to observe.
-Every wait is bounded; every process is killed at teardown whatever happened.
+tests start `uvicorn app.main:app` as a subprocess (`tests.app.server_process`) on a port
+it picks itself. The model is the tiny test artifact, slowed by a fixed sleep per model
+call, so bursts stay in flight long enough to observe. Every wait is bounded; every
+process is killed at teardown whatever happened.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import re
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
 
-from app.config import REPO_ROOT
+from tests.app.server_process import Server, start_server, stop
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
-LAUNCHER = """
-import os, sys, time
-import uvicorn
-from app.runtime import ModelRuntime
-
-delay, run = float(os.environ["TEST_MODEL_DELAY_S"]), ModelRuntime.run
-
-def slow_run(self, op, batch):
-    time.sleep(delay)
-    return run(self, op, batch)
-
-ModelRuntime.run = slow_run
-sys.argv = ["uvicorn", "app.main:app", *sys.argv[1:]]
-uvicorn.main()
-"""
-LISTENING = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
 SLOW_MODEL = {
     "TEST_MODEL_DELAY_S": "0.05",
     "VAE_MAX_BATCH_SIZE": "4",
@@ -53,59 +31,6 @@ SLOW_MODEL = {
     "VAE_MAX_STEPS": "8",
     "VAE_TORCH_THREADS": "1",
 }
-
-
-@dataclass
-class Server:
-    process: subprocess.Popen
-    url: str
-    log: Path
-
-    def stderr(self) -> str:
-        return self.log.read_text()
-
-
-def start_server(
-    artifact_dir: Path | None, log: Path, env: dict[str, str], drain_s: int = 10
-) -> Server:
-    """uvicorn on a free loopback port serving `artifact_dir` (None: the settings in `env`)."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith("VAE_")}
-    command = [
-        sys.executable,
-        "-c",
-        LAUNCHER,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--no-access-log",
-        "--timeout-graceful-shutdown",
-        str(drain_s),
-    ]
-    environment = {
-        **base,
-        **({} if artifact_dir is None else {"VAE_MODEL_DIR": str(artifact_dir)}),
-        "VAE_DEVICE": "cpu",
-        "VAE_DRAIN_TIMEOUT_S": str(drain_s),
-        **env,
-    }
-    with log.open("w") as sink:
-        process = subprocess.Popen(
-            command, cwd=REPO_ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=sink
-        )
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and process.poll() is None:
-        if match := LISTENING.search(log.read_text()):
-            return Server(process, f"http://127.0.0.1:{match.group(1)}", log)
-        time.sleep(0.05)
-    process.kill()
-    raise AssertionError(f"uvicorn did not start:\n{log.read_text()}")
-
-
-def stop(server: Server) -> None:
-    if server.process.poll() is None:
-        server.process.kill()
-    server.process.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")

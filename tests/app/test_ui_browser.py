@@ -29,7 +29,7 @@ from playwright.sync_api import expect
 
 from app.artifact import read_metadata
 from app.config import DEFAULT_MODEL_DIR
-from tests.app.test_server import Server, start_server, stop
+from tests.app.server_process import Server, start_server, stop
 
 pytestmark = pytest.mark.slow
 
@@ -84,7 +84,7 @@ def repository(
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, repository: Path) -> Iterator[Server]:
-    # test_server's launcher; a zero delay leaves the models' speed as they are, and batches
+    # the shared launcher; a zero delay leaves the models' speed as they are, and batches
     # of at most 8 keep the warm-up short
     env = {
         "TEST_MODEL_DELAY_S": "0",
@@ -341,6 +341,9 @@ def test_every_control_is_named_and_the_keyboard_reaches_the_upload(tab: Tab) ->
         tab.page.click(f"nav a[href='#{view}']")
         assert tab.page.evaluate(UNNAMED_CONTROLS) == [], view
     tab.page.click("nav a[href='#inspect']")
+    # the view switches on `hashchange`, a task after the click: a Tab pressed before it
+    # runs moves through the view still shown
+    expect(tab.page.locator("#inspect")).to_be_visible()
     tab.page.keyboard.press("Tab")  # the focused tab link -> the upload's file chooser
     focused = tab.page.evaluate("() => document.activeElement.id")
     assert focused == "inspect-files"

@@ -62,6 +62,21 @@ def test_cmd_is_the_documented_uvicorn_command(dockerfile: Dockerfile) -> None:
     assert script.startswith("exec uvicorn app.main:app "), "exec: uvicorn must be PID 1"
     for option in ("--host", "--port", "--workers", "--timeout-graceful-shutdown"):
         assert re.search(rf"{option} \S+", script), option
+    # every phase of a connection bounded: app.connections, uvicorn's idle timeout and cap
+    assert "--http app.connections:Protocol" in script
+    for option in ("--timeout-keep-alive", "--limit-concurrency"):
+        assert re.search(rf"{option} \S+", script), option
+
+
+def test_make_run_is_the_container_command(dockerfile: Dockerfile) -> None:
+    """The options of the Makefile's `run` are the CMD's, with the Makefile's own names."""
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = re.search(r"^run:.*\n((?:\t.*\n)+)", makefile, re.MULTILINE)
+    assert recipe
+    run = recipe.group(1).replace("\\\n", " ")
+    cmd = dockerfile.runtime.exec_form("CMD")[2]
+    options = re.compile(r"(--[a-z-]+)")
+    assert set(options.findall(run)) == set(options.findall(cmd))
 
 
 def test_healthcheck_asks_health_with_python(dockerfile: Dockerfile) -> None:
