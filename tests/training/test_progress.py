@@ -15,7 +15,7 @@ def test_without_a_terminal_progress_is_periodic_lines(monkeypatch) -> None:
     meter.update(100)
     meter.close()
     assert len(lines) == 2
-    assert re.fullmatch(r"epoch 3: 200/300 img \(67%\), \d+ img/s, \d+s left", lines[-1])
+    assert re.fullmatch(r"epoch 3: 200/300 img \(67%\), \d+ img/s, \d+(\.\d)?s left", lines[-1])
 
 
 def test_lines_come_at_most_every_interval_and_only_when_enabled(monkeypatch) -> None:
