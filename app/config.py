@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     torch_threads: int = Field(
         default=0, ge=0, le=1024, description="intra-op threads; 0 = torch default"
     )
+    batch_invariant: bool = Field(
+        default=True,
+        description="pad model calls so a row's numbers never depend on its batch",
+    )
     max_queue: int = Field(default=1024, ge=1, description="rows waiting for the model before 503")
     request_timeout_ms: int = Field(
         default=10_000, ge=1, le=600_000, description="default deadline"

@@ -42,6 +42,7 @@ def model_info(runtime: ModelRuntime, settings: Settings) -> ModelInfo:
         **meta.model_dump(include=INFO_FIELDS),
         image=ImageShape(channels=meta.channels, height=meta.height, width=meta.width),
         device=str(runtime.device),
+        batch_invariant=runtime.invariance.holds,
         limits=Limits(
             max_images=settings.max_images,
             max_pixels=settings.max_pixels,

@@ -11,6 +11,8 @@ Ops, each a batch of rows in and a tuple of per-row outputs out (all float32, on
 
 Image ops call the module on at most `PIXEL_BUDGET` pixels at a time: a batch of large
 images (an inspection model at 512 px) would otherwise hold activations of gigabytes.
+With `batch_invariant` (the default) every call is also padded to the row count that
+makes its rows independent of each other (`app.invariance`).
 
 Every batch is padded up to its bucket (`app.buckets`); padded rows are computed and
 dropped. The runtime times every call per op and bucket (warm-up measures them all), and
@@ -33,6 +35,7 @@ import torch
 from app.artifact import ArtifactError, ModelMetadata, load_artifact
 from app.buckets import BucketCosts, Buckets
 from app.config import Settings
+from app.invariance import Invariance, Rows, find_quantum, padded_call
 
 logger = logging.getLogger("vae.runtime")
 
@@ -40,6 +43,7 @@ OPS = ("encode", "decode", "score", "score_heatmap", "sample")
 WARMUP_PASSES = 2  # TorchScript's profiling executor optimises a graph after its first runs
 SCORE_ROWS = 128  # decoder rows per `score` call: rows x score_samples
 PIXEL_BUDGET = 1 << 20  # input pixels per module call of an image op
+ROW_BY_ROW_PIXELS = 1 << 14  # from 128x128 on, CPU calls take one image at a time
 
 
 Op = Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
@@ -50,6 +54,60 @@ def _heat_map(module: torch.jit.ScriptModule) -> Callable[[torch.Tensor], torch.
     if hasattr(module, "anomaly_map"):
         return module.anomaly_map
     return lambda x: module.pixel_nll(x).sum(dim=1, keepdim=True)
+
+
+def _chunked(call: Op, size: int) -> Op:
+    """`call` on at most `size` rows at a time, the outputs joined."""
+
+    def run(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        parts = [call(part) for part in x.split(size)]
+        if len(parts) == 1:
+            return parts[0]
+        return tuple(torch.cat(outputs) for outputs in zip(*parts, strict=True))
+
+    return run
+
+
+def rows_per_call(metadata: ModelMetadata, device: torch.device) -> int:
+    """Images per module call: as many as `PIXEL_BUDGET` holds; one at a time for large
+    images on CPU, where a batch of them runs no faster than its images one by one and a
+    single shape is batch invariant by construction."""
+    pixels = metadata.height * metadata.width
+    if device.type == "cpu" and pixels >= ROW_BY_ROW_PIXELS:
+        return 1
+    return max(1, PIXEL_BUDGET // pixels)
+
+
+def _calls(
+    module: torch.jit.ScriptModule, metadata: ModelMetadata, device: torch.device
+) -> dict[str, tuple[Op, int]]:
+    """Each op as one module call on a chunk of rows, and the most rows a chunk holds."""
+    per_call = rows_per_call(metadata, device)
+    # `score` runs the decoder on rows x score_samples: past ~128 decoder rows a bigger
+    # call only spills activations out of cache (per-image cost 6.5 ms at batch 8,
+    # 12.7 ms at 64 unchunked), so it is called in chunks
+    score_chunk = max(1, min(per_call, SCORE_ROWS // metadata.calibration.score_samples))
+    heat = _heat_map(module)
+
+    def score_heatmap(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        maps = heat(x)
+        if metadata.calibrated_map:  # its score is the map's peak: one pass, not two
+            return maps.flatten(1).amax(1), maps
+        return module.score(x), maps
+
+    def sample(noise: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        u, eps = noise[:, 0], noise[:, 1:]  # see app.latents.prior_noise
+        z = module.prior_latents(u, eps) if hasattr(module, "prior_latents") else eps
+        return z, module.decode(z)
+
+    heat_chunk = per_call if metadata.calibrated_map else score_chunk
+    return {
+        "encode": (lambda x: tuple(module.encode(x)), per_call),
+        "decode": (lambda z: (module.decode(z),), per_call),
+        "score": (lambda x: (module.score(x),), score_chunk),
+        "score_heatmap": (score_heatmap, heat_chunk),
+        "sample": (sample, per_call),
+    }
 
 
 class StartupError(Exception):
@@ -81,6 +139,7 @@ class ModelRuntime:
         metadata: ModelMetadata,
         device: torch.device,
         buckets: Buckets,
+        batch_invariant: bool = False,
     ) -> None:
         self.module = module
         self.metadata = metadata
@@ -88,42 +147,38 @@ class ModelRuntime:
         self.buckets = buckets
         self.costs = BucketCosts(buckets)
         self._staging: dict[tuple[int, ...], torch.Tensor] = {}
-        # `score` runs the decoder on rows x score_samples: past ~128 decoder rows a bigger
-        # call only spills activations out of cache (per-image cost 6.5 ms at batch 8,
-        # 12.7 ms at 64 unchunked), so it is called in chunks
-        pixels = metadata.height * metadata.width
-        per_call = max(1, PIXEL_BUDGET // pixels)
-        score_chunk = max(1, min(per_call, SCORE_ROWS // metadata.calibration.score_samples))
-        heat = _heat_map(module)
-
-        def chunked(method: Callable[[torch.Tensor], torch.Tensor], size: int) -> Op:
-            return lambda x: (torch.cat([method(part) for part in x.split(size)]),)
-
-        def encode(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            parts = [module.encode(part) for part in x.split(per_call)]
-            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-
-        score = chunked(module.score, score_chunk)
-        heat_op = chunked(heat, per_call)
-
-        def score_heatmap(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            (maps,) = heat_op(x)
-            if metadata.calibrated_map:  # its score is the map's peak: one pass, not two
-                return maps.flatten(1).amax(1), maps
-            return score(x)[0], maps
-
-        def sample(noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            u, eps = noise[:, 0], noise[:, 1:]  # see app.latents.prior_noise
-            z = module.prior_latents(u, eps) if hasattr(module, "prior_latents") else eps
-            return z, module.decode(z)
-
+        calls = _calls(module, metadata, device)
+        self.invariance = (
+            self._check_invariance(calls) if batch_invariant else Invariance(dict.fromkeys(OPS))
+        )
         self._ops: dict[str, Op] = {
-            "encode": encode,
-            "decode": chunked(module.decode, per_call),
-            "score": score,
-            "score_heatmap": score_heatmap,
-            "sample": sample,
+            op: _chunked(padded_call(call, self.invariance.quantum(op)), size)
+            for op, (call, size) in calls.items()
         }
+
+    def _check_invariance(self, calls: dict[str, tuple[Op, int]]) -> Invariance:
+        with torch.inference_mode():
+            return Invariance(
+                {
+                    op: find_quantum(call, self._probe_rows(op), self.buckets.sizes, size)
+                    for op, (call, size) in calls.items()
+                }
+            )
+
+    def _probe_rows(self, op: str) -> Rows:
+        """Random input rows of `op` on the model's device, in the range real inputs take."""
+        shape, device = self.row_shape(op), self.device
+
+        def rows(count: int, generator: torch.Generator) -> torch.Tensor:
+            if op in ("decode", "sample"):
+                values = torch.randn((count, *shape), generator=generator)
+                if op == "sample":  # the first column is uniform: see app.latents.prior_noise
+                    values[:, 0] = torch.rand(count, generator=generator)
+            else:
+                values = torch.rand((count, *shape), generator=generator)
+            return values.to(device)
+
+        return rows
 
     @classmethod
     def load(cls, directory: Path, settings: Settings) -> ModelRuntime:
@@ -135,17 +190,19 @@ class ModelRuntime:
             module, metadata = load_artifact(directory, device)
         except ArtifactError as exc:
             raise StartupError(f"cannot load the model artifact: {exc}") from None
-        logger.info(
-            "model loaded",
-            extra={
-                "fields": {
-                    "model": metadata.name,
-                    "device": str(device),
-                    "dir": str(directory),
-                }
-            },
-        )
-        return cls(module, metadata, device, settings.buckets)
+        runtime = cls(module, metadata, device, settings.buckets, settings.batch_invariant)
+        fields: dict[str, object] = {
+            "model": metadata.name,
+            "device": str(device),
+            "dir": str(directory),
+        }
+        if settings.batch_invariant:
+            fields["batch_invariant"] = runtime.invariance.holds
+            fields["row_quanta"] = runtime.invariance.quanta
+        logger.info("model loaded", extra={"fields": fields})
+        if settings.batch_invariant and not runtime.invariance.holds:
+            logger.warning("batch invariance not found", extra={"fields": fields})
+        return runtime
 
     @property
     def latent_dim(self) -> int:

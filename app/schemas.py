@@ -249,6 +249,9 @@ class ModelInfo(BaseModel):
     torch_version: str
     created_at: datetime
     device: str
+    batch_invariant: bool = Field(
+        description="a row's numbers never depend on the rows batched with it: checked at load"
+    )
     limits: Limits
 
 
