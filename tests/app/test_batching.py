@@ -120,7 +120,9 @@ async def test_concurrent_requests_coalesce_and_each_gets_what_it_gets_alone() -
 
 async def test_lone_request_on_idle_worker_pays_no_batching_window() -> None:
     model = TinyModel()
-    async with make(model, max_wait_ms=500) as lane:
+    # a window far longer than a loaded machine can delay a lone row: paying the window
+    # takes 10 s, not paying it well under half of that (it was 0.9 s under load 6)
+    async with make(model, max_wait_ms=10_000) as lane:
         started = time.monotonic()
         await lane.submit("encode", rows(1))
         first = time.monotonic() - started
@@ -128,8 +130,8 @@ async def test_lone_request_on_idle_worker_pays_no_batching_window() -> None:
         started = time.monotonic()
         await lane.submit("encode", rows(1))
         second = time.monotonic() - started
-    assert first < 0.25
-    assert second < 0.25
+    assert first < 5.0
+    assert second < 5.0
 
 
 async def test_request_queued_behind_a_busy_worker_waits_for_company() -> None:
