@@ -6,7 +6,8 @@ Input policy (every step taken is reported per image in the response's `conversi
   reaches a Pillow plugin that shells out (EPS) or is rarely exercised. An animated
   image contributes its first frame.
 - Size: the header's width x height is checked against `VAE_MAX_PIXELS` before any
-  pixel is decoded (413 `image_too_large`): a decompression bomb never expands. WebP
+  pixel is decoded (413 `image_too_large`): a decompression bomb never expands. A PNG
+  text or ICC chunk that would inflate past Pillow's bound (1 MiB) is a 413 too. WebP
   is further limited to `WEBP_MAX_PIXELS`: Pillow's WebP decoder copies the decoded frame
   (4 bytes a pixel) while holding the interpreter lock, which stalls every other request
   (~15 ms at that size on a 2-core machine; ~100 ms at 4096 x 4096).
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from app.artifact import ModelMetadata
 from app.errors import (
@@ -126,7 +127,8 @@ def load_image(
         image = Image.open(io.BytesIO(data), formats=FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageTooLargeError(f"{where}: more than {max_pixels} pixels") from None
-    except Exception:
+    except Exception as exc:
+        _refuse_metadata_bomb(exc, where)
         raise InvalidImageError(f"{where}: not a {', '.join(FORMATS)} image") from None
     with image:
         limit = min(max_pixels, WEBP_MAX_PIXELS) if image.format == "WEBP" else max_pixels
@@ -145,8 +147,19 @@ def load_image(
             pixels, resized = to_size(upright, (metadata.width, metadata.height))
             kept = np.array(upright, dtype=np.uint8) if original else None
             return DecodedImage(pixels, notes + resized, kept)
-        except Exception:
+        except Exception as exc:
+            _refuse_metadata_bomb(exc, where)
             raise InvalidImageError(f"{where}: the image data is corrupt or truncated") from None
+
+
+def _refuse_metadata_bomb(exc: Exception, where: str) -> None:
+    """413 for PngImagePlugin's refusal of a text or ICC chunk that inflates past its bound
+    (before the pixels: at open; after them: at load)."""
+    if isinstance(exc, ValueError) and "MAX_TEXT" in str(exc):
+        raise ImageTooLargeError(
+            f"{where}: its metadata (PNG text or ICC profile) inflates to more than "
+            f"{PngImagePlugin.MAX_TEXT_CHUNK} bytes"
+        ) from None
 
 
 def _png(pixels: np.ndarray) -> str:

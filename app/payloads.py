@@ -12,7 +12,7 @@ Types are strict in JSON: an integer is an integer (not `4.0`, `"4"` or `true`),
 boolean is `true` or `false`, a number is not a string; integers of any size parse, so
 one out of range always gets the same message. A form's fields are text, parsed as
 numbers and booleans (`true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`); filenames may
-have at most `MAX_FILENAME` characters.
+have at most `MAX_FILENAME` characters, a field's text at most `MAX_FIELD_BYTES` (413).
 
 Parsing holds the interpreter lock for a whole call, and 8 MiB of `0,0,0,...` cost
 ~0.2 s: long enough to stall every connection. So a JSON body may hold at most
@@ -52,6 +52,7 @@ F = TypeVar("F", bound=BaseModel)
 Options = TypeVar("Options")
 B = TypeVar("B")
 MAX_FORM_FIELDS = 16  # the options; images travel as files, which have their own limit
+MAX_FIELD_BYTES = 1024 * 1024  # one option's text, held in memory (Starlette's own default)
 MAX_FILENAME = 255  # characters, as most file systems allow
 PART_HEAD_BYTES = 4224  # python-multipart's limit on one header line of a part
 
@@ -185,7 +186,9 @@ async def _read_form(
     request: Request, model: type[F], max_images: int
 ) -> tuple[F, list[str | bytes], list[str]]:
     try:
-        async with request.form(max_files=max_images, max_fields=MAX_FORM_FIELDS) as form:
+        async with request.form(
+            max_files=max_images, max_fields=MAX_FORM_FIELDS, max_part_size=MAX_FIELD_BYTES
+        ) as form:
             fields: dict[str, Any] = {k: v for k, v in form.multi_items() if k != "files"}
             uploads = form.getlist("files")
             if not all(isinstance(upload, UploadFile) for upload in uploads):
@@ -198,6 +201,11 @@ async def _read_form(
         if str(exc.detail).startswith("Too many files"):
             raise TooManyImagesError(
                 f"more than {max_images} files; at most {max_images}"
+            ) from None
+        if str(exc.detail).startswith("Part exceeded maximum size"):
+            raise PayloadTooLargeError(
+                f"a form field is larger than {MAX_FIELD_BYTES // 1024} KiB: options are short "
+                "text, images travel as files (`files`)"
             ) from None
         if "Maximum header size exceeded" in _causes(exc):
             raise InvalidMultipartError(
