@@ -3,10 +3,8 @@
 
 One server for the module, started as the container starts it (`app.connections`
 included) with the service's default limits, except the connection timeouts: short
-ones here (`TIMEOUTS`), so that slow clients are refused in well under a second.
-`/health` is probed from its own connection on a thread while the hostile request runs,
-so that a stalled event loop shows up as slow probes (the issue's 23 WebP bombs made them
-wait 5 s). Raw sockets play the clients that no HTTP library would be.
+ones here (`TIMEOUTS`), so that slow clients are refused in well under a second. The
+probes, sockets and files the tests share are in `tests.app.hostile_clients`.
 """
 
 from __future__ import annotations
@@ -14,14 +12,12 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
-import json
 import math
 import socket
+import struct
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TypeVar
+import zlib
+from collections.abc import Iterator
 
 import httpx
 import numpy as np
@@ -29,14 +25,27 @@ import pytest
 from PIL import Image
 
 from app.images import WEBP_MAX_PIXELS
+from tests.app.hostile_clients import (
+    answer,
+    bmp_rle8,
+    closed_count,
+    connect,
+    error_code,
+    files,
+    health_while,
+    image_file,
+    metric,
+    open_files,
+    png_chunk,
+    png_with_chunk,
+)
 from tests.app.server_process import Server, start_server, stop
 
 pytestmark = pytest.mark.slow
 
-T = TypeVar("T")
-HEALTH_P99_S = 0.050
 MAX_BODY = 8 * 1024 * 1024  # the default VAE_MAX_BODY_BYTES
 MAX_HEAD = 16 * 1024  # the default VAE_MAX_HEAD_BYTES
+MAX_PIXELS = 4096 * 4096  # the default VAE_MAX_PIXELS
 TIMEOUTS = {"VAE_HEAD_TIMEOUT_S": "0.5", "VAE_BODY_TIMEOUT_S": "1"}
 KEEP_ALIVE_S = 1
 MAX_CONNECTIONS = 24
@@ -57,97 +66,10 @@ def server(artifact_dir, tmp_path_factory) -> Iterator[Server]:
     stop(running)
 
 
-def connect(server: Server) -> socket.socket:
-    return socket.create_connection(("127.0.0.1", server.port), timeout=10)
-
-
-def answer(sock: socket.socket) -> tuple[bytes, float]:
-    """Everything the server sends until it closes the connection, and how long that took."""
-    started, received = time.monotonic(), b""
-    while chunk := sock.recv(65536):
-        received += chunk
-    return received, time.monotonic() - started
-
-
-def error_code(response: bytes) -> tuple[int, str]:
-    """(status, error code) of the first response in `response`."""
-    head, _, body = response.partition(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1])
-    length = int(
-        next(
-            v
-            for k, _, v in (line.partition(b": ") for line in head.split(b"\r\n"))
-            if k.lower() == b"content-length"
-        )
-    )
-    return status, json.loads(body[:length])["error"]["code"]
-
-
-def closed_count(client: httpx.Client, reason: str) -> float:
-    prefix = f'vae_connections_closed_total{{reason="{reason}"}}'
-    lines = [line for line in client.get("/metrics").text.splitlines() if line.startswith(prefix)]
-    return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
-
-
 @pytest.fixture
 def client(server) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=30) as client:
         yield client
-
-
-@dataclass
-class Probes:
-    """/health latencies while a hostile request ran, and on the same machine just before."""
-
-    during: list[float]
-    idle: list[float]
-
-    @staticmethod
-    def p99(latencies: list[float]) -> float:
-        ordered = sorted(latencies)
-        return ordered[int(0.99 * (len(ordered) - 1))]
-
-    def assert_fast(self, at_least: int = 1) -> None:
-        """p99 under 50 ms more than this machine's idle p99 (~1 ms when quiet): a shared,
-        loaded machine slows every probe, a blocked event loop only those during."""
-        during, idle = self.p99(self.during), self.p99(self.idle)
-        assert len(self.during) >= at_least, (len(self.during), during)
-        assert during < HEALTH_P99_S + idle, f"p99 {during * 1e3:.1f} ms, idle {idle * 1e3:.1f} ms"
-
-
-def probe(client: httpx.Client, latencies: list[float], until: Callable[[], bool]) -> None:
-    """/health every 2 ms, at least once, until `until()`."""
-    while True:
-        started = time.perf_counter()
-        assert client.get("/health").status_code == 200
-        latencies.append(time.perf_counter() - started)
-        if until():
-            return
-        time.sleep(0.002)
-
-
-def health_while(server: Server, hostile: Callable[[], T]) -> tuple[T, Probes]:
-    """Probe /health for 0.5 s, then run `hostile` on a thread and probe until it returns."""
-    probes = Probes([], [])
-    with ThreadPoolExecutor(1) as pool, httpx.Client(base_url=server.url, timeout=10) as client:
-        idle_until = time.monotonic() + 0.5
-        probe(client, probes.idle, lambda: time.monotonic() > idle_until)
-        running = pool.submit(hostile)
-        probe(client, probes.during, running.done)
-        return running.result(), probes
-
-
-def image_file(size: tuple[int, int], fmt: str, mode: str = "L", **options) -> bytes:
-    buffer = io.BytesIO()
-    Image.new(mode, size).save(buffer, format=fmt, **options)
-    return buffer.getvalue()
-
-
-def files(blobs: list[bytes], suffix: str) -> list[tuple[str, tuple[str, bytes, str]]]:
-    return [
-        ("files", (f"{i}.{suffix}", blob, "application/octet-stream"))
-        for i, blob in enumerate(blobs)
-    ]
 
 
 def test_the_issues_webp_bombs_are_refused_before_decoding(server, client):
@@ -161,6 +83,76 @@ def test_the_issues_webp_bombs_are_refused_before_decoding(server, client):
     assert response.json()["error"]["code"] == "image_too_large"
     assert "WebP" in response.json()["error"]["message"]
     probes.assert_fast()
+
+
+# --- decompression and pixel bombs ---------------------------------------------------------
+BOMB_SIDE = math.isqrt(MAX_PIXELS) + 1  # one row and column more than the limit allows
+BOMBS = {  # small files whose headers promise 4097x4097 pixels (WebP: the issue's test above)
+    "PNG": lambda: image_file((BOMB_SIDE, BOMB_SIDE), "PNG"),
+    "JPEG": lambda: image_file((BOMB_SIDE, BOMB_SIDE), "JPEG"),
+    "GIF": lambda: image_file((BOMB_SIDE, BOMB_SIDE), "GIF"),
+    "BMP": lambda: bmp_rle8(BOMB_SIDE, BOMB_SIDE),
+    "TIFF": lambda: image_file((BOMB_SIDE, BOMB_SIDE), "TIFF", compression="tiff_adobe_deflate"),
+}
+
+
+@pytest.mark.parametrize("fmt", BOMBS)
+def test_a_pixel_bomb_in_every_format_is_refused_from_its_header(server, client, fmt):
+    bomb = BOMBS[fmt]()
+    assert len(bomb) < MAX_PIXELS // 64 and Image.open(io.BytesIO(bomb)).format == fmt
+    response, probes = health_while(
+        server, lambda: client.post("/anomaly", files=files([bomb] * 8, fmt.lower()))
+    )
+    assert response.status_code == 413, response.text
+    assert response.json()["error"] == {
+        "code": "image_too_large",
+        "message": f"files[0] (0.{fmt.lower()}): {BOMB_SIDE}x{BOMB_SIDE} is more than "
+        f"{MAX_PIXELS} pixels",
+        "request_id": response.headers["x-request-id"],
+    }
+    probes.assert_fast()
+
+
+def test_a_header_past_pillows_own_bomb_guard_is_413_too(client):
+    """65535x65535 in 73 bytes: Pillow refuses to open it at all; still a 413, not a 500."""
+    png = bytearray(image_file((28, 28), "PNG"))
+    png[12:33] = png_chunk(b"IHDR", struct.pack(">II", 65535, 65535) + bytes(png[24:29]))[4:]
+    response = client.post("/encode", files=files([bytes(png)], "png"))
+    assert response.status_code == 413, response.text
+    assert response.json()["error"]["message"] == f"files[0] (0.png): more than {MAX_PIXELS} pixels"
+
+
+@pytest.mark.parametrize(
+    ("kind", "after_pixels"),
+    [(b"iCCP", False), (b"zTXt", False), (b"zTXt", True)],
+    ids=["ICC profile", "text", "text after the pixels"],
+)
+def test_png_metadata_that_inflates_past_pillows_bound_is_413(client, kind, after_pixels):
+    """8 MiB of compressed text or ICC profile in an 8 KB PNG: Pillow stops at 1 MiB."""
+    bomb = png_with_chunk(kind, b"k\x00\x00" + zlib.compress(b"\x00" * (8 << 20), 9), after_pixels)
+    response = client.post("/encode", files=files([bomb], "png"))
+    assert response.status_code == 413, response.text
+    assert response.json()["error"]["message"] == (
+        "files[0] (0.png): its metadata (PNG text or ICC profile) inflates to more than "
+        "1048576 bytes"
+    )
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        image_file((64, 64), "PCX"),
+        b"P5\n%d %d\n255\n" % (BOMB_SIDE, BOMB_SIDE) + b"\x00" * 64,  # PPM: 4097x4097
+    ],
+    ids=["PCX", "PPM bomb"],
+)
+def test_formats_pillow_opens_but_the_service_does_not_are_never_parsed(client, image):
+    assert Image.open(io.BytesIO(image)).format in ("PCX", "PPM")
+    response = client.post("/encode", files=files([image], "img"))
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["message"] == (
+        "files[0] (0.img): not a PNG, JPEG, GIF, BMP, WEBP, TIFF image"
+    )
 
 
 def test_health_stays_fast_while_the_largest_allowed_webps_decode(server, client):
@@ -201,6 +193,81 @@ def test_a_json_body_of_numbers_is_refused_before_parsing(server, client):
     assert response.status_code == 413, response.text
     assert "values" in response.json()["error"]["message"]
     probes.assert_fast()
+
+
+# --- multipart parts and clients that hang up ---------------------------------------------
+PART_HEAD = b'--b\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n\r\n'
+MULTIPART = {"content-type": "multipart/form-data; boundary=b"}
+
+
+def streamed_part(size: int) -> Iterator[bytes]:
+    """One file part of `size` bytes, sent in 64 KiB chunks with no Content-Length."""
+    yield PART_HEAD
+    for start in range(0, size, 65536):
+        yield b"\x00" * min(65536, size - start)
+    yield b"\r\n--b--\r\n"
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["declared", "streamed"])
+def test_a_file_part_larger_than_the_body_limit_is_413(server, client, declared):
+    """Declared: refused from Content-Length, unread; streamed: as soon as the bytes pass."""
+    if declared:
+        upload = files([b"\x00" * (MAX_BODY + 1)], "png")
+        send = lambda: client.post("/encode", files=upload)  # noqa: E731
+    else:
+        send = lambda: client.post(  # noqa: E731
+            "/encode", content=streamed_part(MAX_BODY + 1), headers=MULTIPART
+        )
+    response, probes = health_while(server, send)
+    assert response.status_code == 413, response.text
+    assert response.json()["error"]["code"] == "payload_too_large"
+    message = response.json()["error"]["message"]
+    assert message == f"the request body is larger than {MAX_BODY} bytes"
+    probes.assert_fast()
+
+
+def test_a_form_field_larger_than_a_part_may_be_is_413(client):
+    """Options are short text; a field is held in memory, so Starlette caps it at 1 MiB."""
+    upload = files([image_file((28, 28), "PNG")], "png")
+    response = client.post("/encode", files=upload, data={"seed": "1" * (1024 * 1024 + 1)})
+    assert response.status_code == 413, response.text
+    assert response.json()["error"]["code"] == "payload_too_large"
+    assert "a form field is larger than 1024 KiB" in response.json()["error"]["message"]
+
+
+def test_clients_that_hang_up_mid_body_leave_nothing_behind(server, client):
+    """Half of a 4 MB upload (past the 1 MiB an upload is held in memory: a temporary file),
+    then a close or a reset: each ends as a 499, its socket and file are released."""
+    hung_up = 10
+    head = b"POST /encode HTTP/1.1\r\nHost: x\r\nContent-Length: 4000000\r\n"
+    head += b"Content-Type: multipart/form-data; boundary=b\r\n\r\n"
+
+    def ended() -> float:
+        return metric(client, "vae_requests_total", endpoint="/encode", status="499")
+
+    before = ended()
+    descriptors = open_files(server)
+
+    def hang_up() -> None:
+        for reset in [False, True] * (hung_up // 2):
+            with connect(server) as sock:
+                sock.sendall(head + PART_HEAD + b"\x00" * 2_000_000)
+                if reset:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    _, probes = health_while(server, hang_up)
+    probes.assert_fast()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and (
+        ended() < before + hung_up or open_files(server) > descriptors
+    ):
+        time.sleep(0.05)
+    assert ended() == before + hung_up
+    assert open_files(server) == descriptors
+    assert metric(client, "vae_in_flight_requests") == 0
+    served = client.post("/encode", files=files([image_file((28, 28), "PNG")], "png"))
+    assert served.status_code == 200, served.text
+    assert "Traceback" not in server.stderr()
 
 
 # --- connections ------------------------------------------------------------------------
