@@ -15,7 +15,8 @@ long as it likes (and one 100 MB header took 12 s to parse). Per connection::
                                                                         closed a second later
     open connections             --limit-concurrency (uvicorn's)        503, closed: at once
                                                                         for the connection
-                                                                        that reaches it
+                                                                        that reaches it; those
+                                                                        already open are served
 
 Head bytes are counted before the parser sees them, so a huge header is refused after
 `VAE_MAX_HEAD_BYTES`, not parsed. They are counted per read: a head that starts in the
@@ -96,11 +97,16 @@ class Protocol(HttpToolsProtocol):
         self.lingering = False
         self.head_timer: asyncio.TimerHandle | None = None
         self.body_timer: asyncio.TimerHandle | None = None
+        # The cap is enforced once, when a connection is made. uvicorn also checks it per
+        # request, answering every connection's requests with its own plain-text 503 while
+        # the cap is reached: a flood of idle connections would shut out the clients
+        # already connected. In-flight requests are bounded by connections and the queue.
+        self.max_connections, self.limit_concurrency = self.limit_concurrency, None
 
     # --- the connection --------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        limit = self.limit_concurrency  # uvicorn answers 503 from `limit` connections on
+        limit = self.max_connections  # uvicorn's own check answers 503 from `limit` on
         if limit is not None and len(self.connections) >= limit:
             message = f"{limit} connections are open; retry later"
             self.refuse(TooManyConnectionsError(message), "too_many_connections")

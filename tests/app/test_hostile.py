@@ -383,13 +383,18 @@ def test_pipelined_requests_are_answered_in_order(server):
     assert ids == sorted(ids)
 
 
-def test_connections_beyond_the_cap_get_503(server, client):
+def test_connections_beyond_the_cap_get_503_and_those_open_are_served(server, client):
+    """uvicorn's own check refused every request on every connection at the cap: a flood of
+    idle connections shut out the clients already connected."""
     before = closed_count(client, "too_many_connections")
+    upload = files([image_file((28, 28), "PNG")], "png")
     held: list[socket.socket] = []
     try:
         for _ in range(MAX_CONNECTIONS + 2):
             held.append(connect(server))
         time.sleep(0.1)
+        served = client.post("/encode", files=upload)  # on its connection, open 0.1 s ago
+        assert served.status_code == 200, served.text
         with connect(server) as sock:
             received, _ = answer(sock)
         assert error_code(received) == (503, "too_many_connections")
