@@ -12,7 +12,7 @@ MAX_CONNECTIONS ?= 1000
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: run test lint format model anomaly-eval bench screenshots clean
+.PHONY: run test lint format model anomaly-eval bench soak screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -76,6 +76,10 @@ anomaly-eval: $(VENV)/.dev
 
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench --update-doc
+
+# Issue 12's soak: normal and hostile traffic together for 10 minutes, into docs/bench/soak.json.
+soak: $(VENV)/.dev
+	$(BIN)/python -m bench.soak
 
 # Every view of the page at desktop and phone width, into docs/ui (the README shows them).
 screenshots: $(VENV)/.dev | $(CHROMIUM)

@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             suite["targets"] = analysis.targets(subject.name, suite["derived"])
             results["suites"].append(suite)
     results["seconds"] = round(time.perf_counter() - started, 1)
-    results["machine"] = _machine(load_before)
+    results["machine"] = describe_machine(load_before)
     _write(results, args)
     return 0
 
@@ -146,7 +146,7 @@ def _devices(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def _machine(load_before: float) -> dict[str, Any]:
+def describe_machine(load_before: float) -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     meminfo = Path("/proc/meminfo").read_text() if Path("/proc/meminfo").exists() else ""
     for line in (

@@ -33,6 +33,7 @@ HEADERS = {"content-type": "application/json"}
 @dataclass
 class Samples:
     latencies: list[float] = field(default_factory=list)  # seconds, answered requests only
+    answered_at: list[float] = field(default_factory=list)  # perf_counter, one per latency
     statuses: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)  # transport failures by kind
     seconds: float = 0.0
@@ -74,7 +75,9 @@ async def _send(
     except aiohttp.ClientError as exc:
         samples.errors[type(exc).__name__] += 1
     else:
-        samples.latencies.append(time.perf_counter() - due)
+        now = time.perf_counter()
+        samples.latencies.append(now - due)
+        samples.answered_at.append(now)
         samples.statuses[str(response.status)] += 1
 
 

@@ -38,6 +38,7 @@ class ServerSpec:
     env: dict[str, str]
     factory: bool = False  # `app` is a factory (uvicorn --factory)
     cwd: Path = REPO_ROOT  # the checkout whose `app` it serves (another one: a before/after)
+    args: tuple[str, ...] = ()  # more uvicorn options (the container's: bench.soak)
 
 
 class Server:
@@ -58,6 +59,7 @@ class Server:
         command += ["--port", str(self.port), "--workers", "1", "--no-access-log"]
         command += ["--timeout-graceful-shutdown", "5", "--log-level", "warning"]
         command += ["--factory"] if self.spec.factory else []
+        command += self.spec.args
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("wb") as log:
             started = time.perf_counter()
@@ -121,6 +123,14 @@ class Server:
             return None
         match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
         return round(int(match.group(1)) / 1024, 1) if match else None
+
+    def open_files(self) -> int | None:
+        """File descriptors the uvicorn process holds now: sockets, spooled uploads, logs."""
+        assert self._process is not None
+        try:
+            return len(os.listdir(f"/proc/{self._process.pid}/fd"))
+        except OSError:
+            return None
 
     def cpu_seconds(self) -> float | None:
         """CPU time (user + system, every thread) the uvicorn process has used so far."""
