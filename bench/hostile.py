@@ -8,7 +8,7 @@ its patience; a soak runs several copies of each in a loop (`Kind.parallel`).
 
     slow head     a request head, then a byte a second          408 (VAE_HEAD_TIMEOUT_S)
     idle          connects and sends nothing                    closed (--timeout-keep-alive)
-    slow body     a head and 10 of 1,000 body bytes, then quiet 408 (VAE_BODY_TIMEOUT_S)
+    slow body     a head and 100 of 1,000 body bytes, then quiet 408 (VAE_BODY_TIMEOUT_S)
     huge header   one 1 MiB header value                        431 at 16 KiB
     pixel bomb    8 files whose headers promise 4097x4097 px    413 (PNG, JPEG, GIF, TIFF, WebP)
     oversized     a declared 9 MiB body, of which 64 KiB sent   413 from Content-Length
