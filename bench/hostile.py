@@ -51,7 +51,7 @@ async def talk(port: int, send: Send, patience: float) -> str:
         reader, writer = await asyncio.open_connection(HOST, port)
     except OSError:
         return "refused"
-    sender = asyncio.create_task(_quietly(send(writer)))
+    sender = asyncio.create_task(_quietly(send, writer))
     try:
         async with asyncio.timeout(patience):
             return await read_answer(reader)
@@ -77,10 +77,12 @@ async def read_answer(reader: asyncio.StreamReader) -> str:
     return f"{status} {code.group(1).decode()}" if code else status
 
 
-async def _quietly(sending: Awaitable[None]) -> None:
-    """A client's writes: the server may close first, which is the point."""
+async def _quietly(send: Send, writer: asyncio.StreamWriter) -> None:
+    """A client's writes: the server may close first, which is the point. (`send` is
+    called here, in the task: a task cancelled before it starts leaves no coroutine
+    that was never awaited.)"""
     with contextlib.suppress(ConnectionError, OSError):
-        await sending
+        await send(writer)
 
 
 def _head(method: str, path: str, headers: dict[str, str]) -> bytes:
