@@ -41,7 +41,7 @@ from app.errors import (
     RequestTimeoutError,
     UnsupportedModeError,
 )
-from app.heatmaps import render
+from app.heatmaps import output_size, render
 from app.preprocessing import SUPPORTED_MODES, to_size, to_tensor, to_upright
 
 FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
@@ -93,7 +93,7 @@ def load_images(
     keep_originals: bool = False,
 ) -> DecodedImages:
     """Decode and convert every upload (`str` = base64); errors name the image (`names[i]`).
-    With `keep_originals`, each upload is also kept upright at its own size."""
+    With `keep_originals`, each upload is also kept upright at its heat maps' size."""
     arrays, conversions, originals = [], [], []
     for index, blob in enumerate(blobs):
         if deadline is not None and time.monotonic() > deadline:
@@ -115,14 +115,14 @@ def load_images(
 class DecodedImage:
     pixels: np.ndarray  # uint8 at the model's size
     notes: list[str]
-    original: np.ndarray | None  # uint8 upright at the upload's size, when asked for
+    original: np.ndarray | None  # uint8 upright at its heat maps' size, when asked for
 
 
 def load_image(
     data: bytes, metadata: ModelMetadata, *, max_pixels: int, where: str, original: bool = False
 ) -> DecodedImage:
     """One upload -> uint8 array (H, W) or (H, W, C) at the model's size, its notes, and
-    with `original` the upload upright in the model's mode at its own size."""
+    with `original` the upload upright in the model's mode at its heat maps' size."""
     try:
         image = Image.open(io.BytesIO(data), formats=FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -145,11 +145,18 @@ def load_image(
             image.load()
             upright, notes = to_upright(image, metadata.preprocessing.color_mode)
             pixels, resized = to_size(upright, (metadata.width, metadata.height))
-            kept = np.array(upright, dtype=np.uint8) if original else None
+            kept = np.array(_for_heat_maps(upright), dtype=np.uint8) if original else None
             return DecodedImage(pixels, notes + resized, kept)
         except Exception as exc:
             _refuse_metadata_bomb(exc, where)
             raise InvalidImageError(f"{where}: the image data is corrupt or truncated") from None
+
+
+def _for_heat_maps(upright: Image.Image) -> Image.Image:
+    """The upload at the size its heat maps are drawn at: keeping a 4096x4096 original per
+    image cost 1 GB for 32 of them, and the maps never use more than `output_size`."""
+    size = output_size(upright.width, upright.height)
+    return upright if size == upright.size else upright.resize(size, Image.Resampling.BILINEAR)
 
 
 def _refuse_metadata_bomb(exc: Exception, where: str) -> None:

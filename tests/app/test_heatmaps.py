@@ -8,7 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
+from app.artifact import read_metadata
 from app.heatmaps import COLOURS, MAX_SIDE, output_size, render
+from app.images import load_image
 
 pytestmark = pytest.mark.anyio
 
@@ -30,6 +32,24 @@ def jpeg(pixels: np.ndarray, orientation: int | None = None) -> bytes:
 def test_the_output_size_is_the_uploads_up_to_the_cap():
     assert output_size(300, 200) == (300, 200)
     assert output_size(4 * MAX_SIDE, MAX_SIDE) == (MAX_SIDE, MAX_SIDE // 4)
+
+
+def test_a_huge_upload_is_kept_only_at_its_maps_size_and_draws_the_same_maps(artifact_dir):
+    """Keeping each upload at full size cost 1 GB for 32 blank 4096x4096 PNGs; its maps are
+    drawn at `MAX_SIDE` at most, and shrinking first gives the same pixels."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (1500, 2 * MAX_SIDE + 100), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    metadata = read_metadata(artifact_dir)
+    decoded = load_image(
+        buffer.getvalue(), metadata, max_pixels=1 << 24, where="image 0", original=True
+    )
+    assert decoded.original is not None
+    assert decoded.original.shape[:2] == output_size(pixels.shape[1], pixels.shape[0])[::-1]
+    heat = torch.rand(1, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    full = np.array(Image.fromarray(pixels).convert(Image.open(buffer).mode))
+    assert render(heat, [decoded.original], 0.5) == render(heat, [full], 0.5)
 
 
 def test_an_absolute_map_keeps_its_values_and_saturates_the_overlay_at_the_threshold():
