@@ -143,7 +143,7 @@ class Lane:
 
     async def drain(self, timeout: float) -> bool:
         """Wait until every accepted request has finished; False if `timeout` ran out."""
-        return await _wait(self.idle, timeout)
+        return await wait_for(self.idle, timeout)
 
 
 class Batcher:
@@ -250,7 +250,7 @@ class Batcher:
 
     async def drain(self, timeout: float) -> bool:
         """Wait until every accepted request has finished; False if `timeout` ran out."""
-        return await _wait(self._idle, timeout)
+        return await wait_for(self._idle, timeout)
 
     async def _submit(
         self, lane: Lane, op: str, rows: torch.Tensor, deadline: float | None
@@ -427,7 +427,8 @@ def _compute(run: RunFn, op: str, pieces: list[Piece]) -> _Computed:
     return _Computed(per_piece, non_finite, time.perf_counter() - started)
 
 
-async def _wait(event: asyncio.Event, timeout: float) -> bool:
+async def wait_for(event: asyncio.Event, timeout: float) -> bool:
+    """Wait for `event` at most `timeout` seconds; True when it was set."""
     try:
         async with asyncio.timeout(timeout):
             await event.wait()

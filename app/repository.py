@@ -32,7 +32,7 @@ from typing import Literal
 from anyio import to_thread
 
 from app.artifact import ModelMetadata
-from app.batching import Batcher
+from app.batching import Batcher, wait_for
 from app.config import Settings
 from app.errors import ModelUnavailableError, UnknownModelError
 from app.images import warm_up_codecs
@@ -316,7 +316,7 @@ class ModelRepository:
     async def _unload(self, entry: ModelVersion) -> None:
         """Wait for the version's requests (bounded by the drain budget), then drop it."""
         budget = self._settings.drain_timeout_s
-        drained = await _wait(entry.idle, budget)
+        drained = await wait_for(entry.idle, budget)
         if entry.model is not None:
             drained &= await self._batcher.retire(entry.model.lane, timeout=budget)
         self.table.discard(entry)
@@ -328,12 +328,3 @@ class ModelRepository:
     def _fields(self, entry: ModelVersion) -> dict[str, object]:
         fields = {"model": entry.name, "version": entry.version, "dir": str(entry.files.directory)}
         return fields if entry.reason is None else {**fields, "reason": entry.reason}
-
-
-async def _wait(event: asyncio.Event, timeout: float) -> bool:
-    try:
-        async with asyncio.timeout(timeout):
-            await event.wait()
-    except TimeoutError:
-        return False
-    return True
