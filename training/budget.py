@@ -30,6 +30,7 @@ from training.distributed import ALONE, World
 EVAL_SHARE = 0.25  # of the budget, at most, held back for the evaluation
 EXPORT_RESERVE_S = 4.0  # calibration, TorchScript, and the export's own checks
 EXPORT_SHARE = 0.5
+AFTER_SHARE = 0.5  # at most, held back for the evaluation and the work after it
 SYNC_SECONDS = 10.0  # between sync points: what a stop may overrun by
 MAX_SYNC_STEPS = 1000
 
@@ -63,13 +64,17 @@ class Budget:
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
-    def training_deadline(self, eval_seconds: float | None) -> float:
+    def training_deadline(self, eval_seconds: float | None, after_seconds: float = 0.0) -> float:
         """When training must stop to leave the evaluation (estimated to take
-        `eval_seconds`, unknown before the first epoch) and the export their time."""
+        `eval_seconds`, unknown before the first epoch), the work after it that cannot be
+        scaled down (`after_seconds`: calibration, a spatial model's choice of smoothing)
+        and the export their time. The evaluation adapts to what it is left, so its share
+        is capped; the rest is not, but training keeps at least half of the budget."""
         if not self.bounded:
             return math.inf
         cap = EVAL_SHARE * self.seconds
         reserve = cap if eval_seconds is None else min(cap, eval_seconds)
+        reserve = min(reserve + after_seconds, AFTER_SHARE * self.seconds)
         return self.deadline - reserve - self.export_reserve()
 
     def export_reserve(self) -> float:
@@ -128,9 +133,10 @@ class Pace:
         """Until training must stop for the budget (inf without one)."""
         return self.stop_at - time.monotonic()
 
-    def set_eval_estimate(self, seconds: float) -> None:
-        """Move the training deadline once the evaluation's cost is known."""
-        self.stop_at = self.budget.training_deadline(seconds)
+    def set_eval_estimate(self, seconds: float, after_seconds: float = 0.0) -> None:
+        """Move the training deadline once the evaluation's cost (and what must follow
+        it) is known."""
+        self.stop_at = self.budget.training_deadline(seconds, after_seconds)
 
     def sync(self, step: int) -> bool:
         """A sync point: read the clock (rank 0), agree on it; True when training must stop.

@@ -49,7 +49,7 @@ from training.progress import ProgressMeter
 from training.samples import draw_samples, features, frechet_distance, sample_quality
 from training.selection import choose_map_sigma
 from training.spatial import SpatialVAE
-from training.train import Log, TrainResult, resolve_device, train
+from training.train import Log, TrainResult, after_evaluation_rows, resolve_device, train
 
 METRICS_FILE = "metrics.json"
 
@@ -220,7 +220,8 @@ def measure(
     images = world.stride(data.val.images)
     row_seconds = 0.0 if math.isnan(result.row_seconds) else result.row_seconds  # no epoch run
     calibration_seconds = 2 * config.score_samples * len(data.calibration) * row_seconds
-    seconds_left = budget.left() - budget.export_reserve() - calibration_seconds
+    after_seconds = after_evaluation_rows(config, len(data.val)) * row_seconds
+    seconds_left = budget.left() - budget.export_reserve() - calibration_seconds - after_seconds
     plan, note = plan_evaluation(len(images), config.iwae_samples, row_seconds, seconds_left)
     elbo, k, left = world.from_main([plan.elbo_samples, plan.iwae_samples, seconds_left])
     plan = EvalPlan(int(elbo), int(k), time.monotonic() + left)

@@ -39,6 +39,12 @@ if TYPE_CHECKING:
     from training.model import AnyVAE
 
 
+# a spatial model's anomaly map (its VAE and map head at the working size) against one
+# validation row (an encode and a decode with its likelihood), with room for the defects
+# that the smoothing's choice draws
+MAP_ROWS = 3.0
+
+
 @dataclass
 class TrainResult:
     model: AnyVAE  # the best weights (lowest validation negative ELBO), eval mode
@@ -173,7 +179,10 @@ def train(
             if improved:
                 checkpoint.save_best(run, progress)
         epoch_seconds = time.monotonic() - started
-        pace.set_eval_estimate(evaluation_seconds(config, len(val_images), row_seconds))
+        pace.set_eval_estimate(
+            evaluation_seconds(config, len(val_images), row_seconds),
+            after_evaluation_rows(config, len(val_images)) * row_seconds,
+        )
         eta = min((config.epochs - epoch) * epoch_seconds, pace.seconds_left())
         validation = f"val nelbo {val:.2f}"
         if model_config.likelihood == "gaussian":
@@ -228,6 +237,23 @@ def evaluation_seconds(config: TrainConfig, images: int, row_seconds: float) -> 
     per decoder row: the metrics' draws, and the calibration's scores on rank 0."""
     rows = images * (ELBO_SAMPLES + config.iwae_samples + 2 * config.score_samples)
     return rows * row_seconds
+
+
+def after_evaluation_rows(config: TrainConfig, val_images: int) -> float:
+    """Decoder rows of the work between the evaluation and the artifact, which the
+    evaluation may not use: a spatial model's maps of every validation image, clean and
+    with a defect, to choose its smoothing (unless --map-sigma is given) and of the
+    calibration images, scored and scored again by the exported artifact's check; a VAE's
+    sampling prior, fitted to the training latents and its samples scored."""
+    calibration = val_images * config.calibration_fraction / config.val_fraction
+    if config.architecture == "spatial":
+        selection = 0 if config.map_sigma is not None else 2 * val_images
+        return MAP_ROWS * (selection + 2 * calibration)
+    if config.prior_components == 0:
+        return 0.0
+    train = val_images * (1 - config.val_fraction - config.calibration_fraction)
+    train /= config.val_fraction
+    return train / 2 + 2 * val_images * (1 + 2 * config.score_samples)
 
 
 def _train_epoch(

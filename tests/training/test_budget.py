@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,9 @@ import torch
 
 from app.artifact import load_artifact
 from training.budget import EXPORT_RESERVE_S, MAX_SYNC_STEPS, SYNC_SECONDS, Budget, Pace, kl_warmup
+from training.config import TrainConfig
+from training.presets import preset_values
+from training.train import MAP_ROWS, after_evaluation_rows
 
 
 class Clock:
@@ -48,6 +52,24 @@ def test_the_training_deadline_leaves_the_evaluation_and_export_their_time(clock
     assert budget.training_deadline(30.0) == clock.now + 600 - 30 - EXPORT_RESERVE_S
     assert Budget(10.0, startup=2.0).export_reserve() == EXPORT_RESERVE_S + 3.0  # a slow box
     assert Budget(minutes=0.1).export_reserve() == 3.0  # never beyond half the budget
+
+
+def test_the_work_after_the_evaluation_is_held_back_whole_but_within_half(clock) -> None:
+    """Calibration and a spatial model's choice of smoothing cannot shrink as the
+    evaluation does: a 1,200-image preset run once overran 14 minutes by 4 for them."""
+    budget = Budget(minutes=10.0)
+    assert budget.training_deadline(1000.0, 60.0) == clock.now + 600 - 150 - 60 - EXPORT_RESERVE_S
+    assert budget.training_deadline(None, 1e6) == clock.now + 600 - 300 - EXPORT_RESERVE_S
+
+
+def test_a_spatial_model_reserves_its_maps_and_a_vae_its_sampling_prior() -> None:
+    preset = TrainConfig(**preset_values("inspection"))  # val 0.2, calibration 0.1
+    rows = after_evaluation_rows(preset, 240)
+    assert rows == MAP_ROWS * (2 * 240 + 2 * 120)
+    chosen = replace(preset, map_sigma=2.0)  # no smoothing to choose
+    assert after_evaluation_rows(chosen, 240) == MAP_ROWS * 2 * 120
+    assert after_evaluation_rows(TrainConfig(prior_components=0), 240) == 0.0
+    assert after_evaluation_rows(TrainConfig(), 240) > 2 * 240
 
 
 def test_under_a_budget_the_schedules_follow_the_clock(clock: Clock) -> None:
