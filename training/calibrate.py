@@ -34,6 +34,7 @@ from training.model import ModelConfig
 # fine steps in the body for percentiles, extra ones in the upper tail where thresholds live
 LEVELS: tuple[float, ...] = (*(i / 100 for i in range(100)), 0.995, 0.999, 1.0)
 SCORE_BATCH = 256
+SCORE_PIXELS = 1 << 22  # per batch: 256 MNIST digits, 45 images of 304x304
 INTERVAL_LEVEL = 0.9
 EXPECTED_EXCEEDANCES = 10  # calibration scores above the threshold, on average, for "enough"
 
@@ -95,8 +96,11 @@ def calibration_advice(count: int, false_alarm_rate: float) -> str | None:
 def score_images(
     score: Callable[[Tensor], Tensor], images: Tensor, device: str | torch.device = "cpu"
 ) -> Tensor:
-    """Apply `score` ((B, C, H, W) -> (B,)) to all images in batches: (N,) float64 on CPU."""
-    parts = [score(batch.to(device)).double().cpu() for batch in images.split(SCORE_BATCH)]
+    """Apply `score` ((B, C, H, W) -> (B,)) to all images in batches: (N,) float64 on CPU.
+    Batches hold at most `SCORE_PIXELS` pixels: 120 images of 304x304 at once held 8 GB
+    of an inspection model's activations."""
+    rows = max(1, min(SCORE_BATCH, SCORE_PIXELS // (images.shape[-2] * images.shape[-1])))
+    parts = [score(batch.to(device)).double().cpu() for batch in images.split(rows)]
     return torch.cat(parts)
 
 
