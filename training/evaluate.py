@@ -135,6 +135,12 @@ def build_parser() -> flags.Parser:
     )
     textures.add_argument("--work-dir", default="runs/textures", help="runs and artifacts")
     textures.add_argument(
+        "--reuse",
+        action="store_true",
+        help="score the artifacts an earlier run left in --work-dir again instead of "
+        "training them (those that are missing are trained)",
+    )
+    textures.add_argument(
         "--report-dir", default="docs", help="where textures.md, .json and .png are written"
     )
     artifact = commands.add_parser(
@@ -210,7 +216,7 @@ def texture_list(text: str) -> tuple[str, ...]:
 def textures_command(args: argparse.Namespace) -> None:
     inspection = {"epochs": args.epochs, "max_minutes": args.max_minutes}
     whole = {"epochs": args.whole_epochs, "max_minutes": args.max_minutes}
-    runs = run_textures(args.textures, Path(args.work_dir), inspection, whole)
+    runs = run_textures(args.textures, Path(args.work_dir), inspection, whole, reuse=args.reuse)
     settings = {"inspection": inspection, "whole_image": whole, "textures": list(args.textures)}
     report = write_report(runs, Path(args.report_dir), settings)
     print(markdown(runs))

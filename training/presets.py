@@ -1,7 +1,7 @@
 """Named recipes: `--preset NAME` sets these flags; any flag given explicitly wins.
 
 ``inspection``, for normal photos of parts, fabrics, cells or scans at their own
-resolution, to score uploads for defects (see docs/anomaly.md for how it was chosen):
+resolution, to score uploads for defects (see docs/inspection.md for how it was chosen):
 
     --architecture spatial   fully convolutional: a latent per 8x8 cell and an anomaly
                              map head, so a 1 px crack at 300 px is still seen

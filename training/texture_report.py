@@ -85,6 +85,7 @@ def run_texture(
     whole: dict[str, Any],
     log: Log = print,
     isolated_check: bool = True,
+    reuse: bool = False,
 ) -> TextureRun:
     started = time.monotonic()
     data = build_texture_set(name)
@@ -97,11 +98,11 @@ def run_texture(
         measure("pca", pca_baseline(data), data),
     ]
     module, metadata = _fit(
-        whole_image_config(name, work_dir, whole), data, log, isolated_check, resize=True
+        whole_image_config(name, work_dir, whole), data, log, isolated_check, reuse, resize=True
     )
     results.append(measure("whole-image VAE", artifact_scores(module, metadata, data), data))
     module, metadata = _fit(
-        inspection_config(name, work_dir, inspection), data, log, isolated_check
+        inspection_config(name, work_dir, inspection), data, log, isolated_check, reuse
     )
     for method, scores in vae_map_scores(module, metadata, data).items():
         results.append(measure(method, scores, data))
@@ -116,9 +117,18 @@ def run_texture(
 
 
 def _fit(
-    config: TrainConfig, data: TextureSet, log: Log, isolated_check: bool, resize: bool = False
+    config: TrainConfig,
+    data: TextureSet,
+    log: Log,
+    isolated_check: bool,
+    reuse: bool,
+    resize: bool = False,
 ) -> tuple[torch.jit.ScriptModule, ModelMetadata]:
-    """Train and export through the real pipeline; the loaded artifact."""
+    """Train and export through the real pipeline; the loaded artifact. With `reuse`, an
+    artifact an earlier run of the same command left in the work folder is scored again."""
+    if reuse and (config.artifact_path / "model.json").is_file():
+        log(f"reusing {config.artifact_path}")
+        return load_artifact(config.artifact_path)
     train = data.train
     if resize:  # the whole-image model sees its images at its own size, as served
         size = (config.image_size, config.image_size)
@@ -197,5 +207,6 @@ def run_textures(
     inspection: dict[str, Any],
     whole: dict[str, Any],
     log: Log = print,
+    reuse: bool = False,
 ) -> list[TextureRun]:
-    return [run_texture(name, work_dir, inspection, whole, log) for name in names]
+    return [run_texture(name, work_dir, inspection, whole, log, reuse=reuse) for name in names]

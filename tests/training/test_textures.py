@@ -2,7 +2,10 @@ import numpy as np
 import pytest
 import torch
 
+from app.artifact import read_metadata
 from app.preprocessing import preprocessing_for
+from training import texture_report
+from training.config import TrainConfig
 from training.defects import KINDS
 from training.textures import (
     Scores,
@@ -76,3 +79,11 @@ def test_the_baselines_score_every_image_and_pixel(brick, baseline):
 def test_model_input_resizes_through_the_services_preprocessing(brick):
     resized = model_input(brick.normal[:2], preprocessing_for(1), (16, 16))
     assert resized.shape == (2, 1, 16, 16)
+
+
+def test_reuse_scores_the_artifact_an_earlier_run_left_instead_of_training(brick, artifact_dir):
+    lines: list[str] = []
+    config = TrainConfig(data="brick", out=str(artifact_dir), epochs=1).validate()
+    module, metadata = texture_report._fit(config, brick, lines.append, False, reuse=True)
+    assert lines == [f"reusing {artifact_dir}"]
+    assert metadata == read_metadata(artifact_dir) and hasattr(module, "score")
