@@ -123,6 +123,8 @@ class Invariance:
 def find_quantum(call: Call, rows: Rows, batch_sizes: tuple[int, ...], chunk: int) -> int | None:
     """The smallest quantum at which `call`, padded to it, is batch invariant for batches of
     `batch_sizes` rows cut into chunks of `chunk`; None when none is."""
+    if call_sizes(batch_sizes, chunk, 1) == [1]:  # one row a call: invariant as it is
+        return 1
     for quantum in QUANTA:
         sizes = call_sizes(batch_sizes, chunk, quantum)
         if holds(padded_call(call, quantum), rows, sizes):

@@ -41,6 +41,13 @@ def test_a_call_exact_only_on_whole_tiles_is_found_at_quantum_four() -> None:
     assert out.shape == x.shape and torch.equal(out, x * 3)
 
 
+def test_a_call_of_one_row_at_a_time_is_not_probed() -> None:
+    def refuse(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        raise AssertionError("probed")
+
+    assert find_quantum(refuse, uniform, BUCKETS, 1) == 1
+
+
 def test_a_call_that_mixes_rows_holds_at_no_quantum() -> None:
     def centred(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return (x - x.mean(0),)
