@@ -81,23 +81,31 @@ async def test_deadline_header_gives_504_in_time(http):
     assert (await http.post("/sample", json={"n": 1})).status_code == 200
 
 
-async def test_queued_request_of_a_departed_client_is_not_computed(http, slow_server, artifact_dir):
-    await asyncio.sleep(0.2)  # earlier tests' batches are done
+async def test_queued_request_of_a_departed_client_is_not_computed(artifact_dir, tmp_path):
+    # Batches of 250 ms: the impatient client hangs up 30 ms in, and the server has the
+    # rest of the 500 ms ahead of it to notice, even on a loaded machine (at 50 ms a batch,
+    # under load 6, it once did not)
+    slower = {**SLOW_MODEL, "TEST_MODEL_DELAY_S": "0.25"}
+    server = start_server(artifact_dir, tmp_path / "stderr", slower)
     rows = f'vae_batch_rows_sum{{model="{artifact_dir.name}",op="sample",version="1"}}'
-    before = await metric(http, rows)
-    # `ahead` fills the next two full batches (about 100 ms of model time); the impatient
-    # request queues behind them and its client hangs up before a batch could take it
-    ahead = asyncio.ensure_future(http.post("/sample", json={"n": 8}))
-    async with asyncio.timeout(5):
-        while await metric(http, "vae_in_flight_requests") < 1:
-            await asyncio.sleep(0.002)
-    async with httpx.AsyncClient(base_url=slow_server.url, timeout=0.03) as impatient:
-        with pytest.raises(httpx.TimeoutException):
-            await impatient.post("/sample", json={"n": 2})
-    assert (await ahead).status_code == 200
-    await asyncio.sleep(0.3)  # the departed request's batch would have run by now
-    assert await metric(http, rows) - before == 8
-    assert '"status":499' in slow_server.stderr()
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=15) as http:
+            before = await metric(http, rows)
+            # `ahead` fills the next two full batches; the impatient request queues behind
+            # them and its client hangs up before a batch could take it
+            ahead = asyncio.ensure_future(http.post("/sample", json={"n": 8}))
+            async with asyncio.timeout(5):
+                while await metric(http, "vae_in_flight_requests") < 1:
+                    await asyncio.sleep(0.002)
+            async with httpx.AsyncClient(base_url=server.url, timeout=0.03) as impatient:
+                with pytest.raises(httpx.TimeoutException):
+                    await impatient.post("/sample", json={"n": 2})
+            assert (await ahead).status_code == 200
+            await asyncio.sleep(0.6)  # the departed request's batch would have run by now
+            assert await metric(http, rows) - before == 8
+        assert '"status":499' in server.stderr()
+    finally:
+        stop(server)
 
 
 async def test_sigterm_mid_burst_finishes_accepted_work(artifact_dir, tmp_path):
