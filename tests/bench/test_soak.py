@@ -55,7 +55,8 @@ def test_no_5xx_no_traceback_and_nothing_left_open(report):
     assert report["five_xx"]["failures"] == 0 and report["five_xx"]["refused_connections"] > 0
     server = report["server"]
     assert server["tracebacks"] == 0
-    assert server["settled"]["open_files"] == server["before"]["open_files"]
+    # a leak shows as more; one fewer is seen too (a socket of the start-up closing late)
+    assert server["settled"]["open_files"] <= server["before"]["open_files"]
     closed = server["counters"]["connections_closed"]
     assert {"head_timeout", "head_too_large", "too_many_connections"} <= set(closed)
     assert server["counters"]["requests"]["/encode 499"] > 0  # the hang-ups, as the server saw them
