@@ -26,13 +26,13 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from app.artifact import ArtifactError, load_artifact
+from app.artifact import ArtifactError, ModelMetadata, load_artifact
 from training import flags
 from training.anomaly import run_anomaly
 from training.calibrate import score_images
 from training.cli import run_cli
 from training.data import load_images
-from training.dataset import select_classes, split
+from training.dataset import ImageSet, select_classes, split
 from training.errors import ConfigError, TrainingError
 from training.metrics import chunk_rows
 from training.model import ScoreKind
@@ -246,10 +246,10 @@ def anomaly_command(args: argparse.Namespace) -> None:
     print(f"report: {write_json(Path(args.json or work_dir / 'anomaly.json'), payload)}")
 
 
-@torch.inference_mode()
-def artifact_command(args: argparse.Namespace) -> None:
-    if min(args.elbo_samples, args.iwae_samples) < 1:
-        raise ConfigError("--elbo-samples and --iwae-samples must be at least 1")
+def _artifact_and_data(
+    args: argparse.Namespace,
+) -> tuple[torch.jit.ScriptModule, ModelMetadata, ImageSet]:
+    """The artifact `args.directory` and its data (`--data`, `--classes`) at its size."""
     try:
         module, metadata = load_artifact(Path(args.directory))
     except ArtifactError as exc:
@@ -257,6 +257,14 @@ def artifact_command(args: argparse.Namespace) -> None:
     images = load_images(args.data, metadata.height, metadata.channels)
     if args.classes is not None:
         images = select_classes(images, args.classes)
+    return module, metadata, images
+
+
+@torch.inference_mode()
+def artifact_command(args: argparse.Namespace) -> None:
+    if min(args.elbo_samples, args.iwae_samples) < 1:
+        raise ConfigError("--elbo-samples and --iwae-samples must be at least 1")
+    module, metadata, images = _artifact_and_data(args)
     if args.split == "val":
         images = split(images, args.val_fraction, args.seed)[1]
     x = images.images
@@ -285,13 +293,7 @@ def artifact_command(args: argparse.Namespace) -> None:
 
 @torch.inference_mode()
 def samples_command(args: argparse.Namespace) -> None:
-    try:
-        module, metadata = load_artifact(Path(args.directory))
-    except ArtifactError as exc:
-        raise TrainingError(str(exc)) from None
-    images = load_images(args.data, metadata.height, metadata.channels)
-    if args.classes is not None:
-        images = select_classes(images, args.classes)
+    module, metadata, images = _artifact_and_data(args)
     train_set, val_set = split(images, args.val_fraction, args.seed)
     priors: dict[str, PriorFn | None] = {"standard normal": None}
     if hasattr(module, "prior_latents") and metadata.sampling_prior.components > 0:
