@@ -137,8 +137,10 @@ def build_parser() -> flags.Parser:
     textures.add_argument(
         "--reuse",
         action="store_true",
-        help="score the artifacts an earlier run left in --work-dir again instead of "
-        "training them (those that are missing are trained)",
+        help="use again what an earlier run left in --work-dir: the whole-image VAE's "
+        "artifacts are scored as they are, the inspection runs resume from their last "
+        "checkpoints (what happens after training, the map, the calibration and the "
+        "export, is redone on the same weights)",
     )
     textures.add_argument(
         "--report-dir", default="docs", help="where textures.md, .json and .png are written"

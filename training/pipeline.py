@@ -31,6 +31,7 @@ from training.calibrate import calibrate, calibration_advice, score_images
 from training.config import DEFAULT_WORK_SIDE, TrainConfig
 from training.data import load_images, native_size
 from training.dataset import ImageSet, fingerprint, hold_out, select_classes
+from training.density import fit_patch_density
 from training.distributed import ALONE, World
 from training.errors import ConfigError, DataError
 from training.export import build_metadata, export_artifact
@@ -47,7 +48,7 @@ from training.model import VAE, ModelConfig
 from training.prior import fit_sampling_prior
 from training.progress import ProgressMeter
 from training.samples import draw_samples, features, frechet_distance, sample_quality
-from training.selection import choose_map_sigma
+from training.selection import SIGMAS, choose_map
 from training.spatial import SpatialVAE
 from training.train import Log, TrainResult, after_evaluation_rows, resolve_device, train
 
@@ -262,7 +263,7 @@ def export(
     model_config = config.model_config(data.train.channels, data.work_size)
     model = copy.deepcopy(result.model).cpu()  # the artifact and its calibration run on CPU
     if isinstance(model, SpatialVAE):
-        model_config, metrics = _choose_smoothing(config, data, model, model_config, metrics, log)
+        model_config, metrics = _compose_map(config, data, model, model_config, metrics, log)
     scores = score_images(model.score, data.calibration.images)
     calibration = calibrate(scores, model_config, config.false_alarm_rate)
     prior_components = 0  # a spatial model samples every latent cell from N(0, I)
@@ -290,7 +291,7 @@ def export(
     return FitResult(model, model_config, artifact, metrics, calibration)
 
 
-def _choose_smoothing(
+def _compose_map(
     config: TrainConfig,
     data: PreparedData,
     model: SpatialVAE,
@@ -298,13 +299,24 @@ def _choose_smoothing(
     metrics: dict[str, float],
     log: Log,
 ) -> tuple[ModelConfig, dict[str, float]]:
-    """--map-sigma as given, or chosen on the validation images with synthetic defects."""
-    if config.map_sigma is not None:
-        return model_config, metrics
-    choice = choose_map_sigma(model, data.val.images, config.seed)
-    table = ", ".join(f"{sigma:g} px {100 * value:.1f}%" for sigma, value in choice.auroc.items())
-    log(f"map smoothing: {choice.sigma:g} px (validation AUROC on synthetic defects: {table})")
-    chosen = {"map_sigma": choice.sigma, "val_synthetic_auroc": choice.auroc[choice.sigma]}
+    """Fit the patch density on the training images, then choose the map's smoothing
+    (unless --map-sigma is given) and the density's share of it on the validation
+    images with synthetic defects."""
+    fit_patch_density(model.density, data.train.images, config.seed)
+    sigmas = SIGMAS if config.map_sigma is None else (config.map_sigma,)
+    choice = choose_map(model, data.val.images, config.seed, sigmas)
+    best = choice.auroc[(choice.sigma, choice.share)]
+    log(
+        f"anomaly map: smoothing {choice.sigma:g} px, patch density share {choice.share:g} "
+        f"(validation AUROC on synthetic defects {100 * best:.1f}%; "
+        f"map head alone {100 * choice.auroc[(choice.sigma, 0.0)]:.1f}%, "
+        f"patch density alone {100 * choice.auroc[(choice.sigma, 1.0)]:.1f}%)"
+    )
+    chosen = {
+        "map_sigma": choice.sigma,
+        "density_share": choice.share,
+        "val_synthetic_auroc": best,
+    }
     return replace(model_config, map_sigma=choice.sigma), metrics | chosen
 
 

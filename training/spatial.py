@@ -29,6 +29,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
 from training.corruption import corrupt, random_crops
+from training.density import PatchDensity
 from training.model import LOG_2PI, ModelConfig, gaussian_kl
 
 MAP_WEIGHT = 10.0  # focal loss weight, as DRAEM's: the map head learns from few pixels
@@ -153,8 +154,17 @@ class SpatialVAE(nn.Module):
         self.encoder = SpatialEncoder(config)
         self.decoder = SpatialDecoder(config)
         self.map_head = MapHead(config)
+        self.density = PatchDensity(config.channels)  # fitted after training
         self.log_sigma = nn.Parameter(torch.full((), -2.0))
-        self.map_sigma = config.map_sigma  # px; chosen after training (`training.selection`)
+        # How the map head's and the patch density's evidence make one map, all chosen
+        # after training (`training.selection`): the smoothing in px, each map's centre
+        # and scale on clean validation images, and the density's share of the sum.
+        self.map_sigma = config.map_sigma
+        self.head_centre = 0.0
+        self.head_scale = 1.0
+        self.density_centre = 0.0
+        self.density_scale = 1.0
+        self.density_share = 0.0
 
     # --- the artifact's methods, at the exported size -----------------------------------
     @torch.jit.export
@@ -189,8 +199,9 @@ class SpatialVAE(nn.Module):
 
     @torch.jit.export
     def anomaly_map(self, x: Tensor) -> Tensor:
-        """Smoothed probability that each pixel is anomalous, (N, 1, H, W) in [0, 1]."""
-        return self.smooth(torch.sigmoid(self.map_logits(x)))
+        """How anomalous each pixel is, (N, 1, H, W) in [0, 1): the smoothed evidence
+        squashed by a monotone curve, near 0 on typical normal pixels."""
+        return squash(self.smooth(self.evidence(x)))
 
     @torch.jit.export
     def score(self, x: Tensor) -> Tensor:
@@ -232,6 +243,22 @@ class SpatialVAE(nn.Module):
     def map_logits(self, x: Tensor) -> Tensor:
         return self.map_head(torch.cat([x, self.reconstruct(x)], dim=1))
 
+    def head_map(self, x: Tensor) -> Tensor:
+        """The map head's probability that each pixel is anomalous, unsmoothed."""
+        return torch.sigmoid(self.map_logits(x))
+
+    def evidence(self, x: Tensor) -> Tensor:
+        """The two maps, each in units of a clean image's typical peak above its mean
+        pixel, mixed by `density_share`: (N, 1, H, W), unsmoothed."""
+        share = self.density_share
+        if share >= 1.0:
+            return (self.density(x) - self.density_centre) / self.density_scale
+        head = (self.head_map(x) - self.head_centre) / self.head_scale
+        if share <= 0.0:
+            return head
+        density = (self.density(x) - self.density_centre) / self.density_scale
+        return (1.0 - share) * head + share * density
+
     def smooth(self, maps: Tensor) -> Tensor:
         """Separable Gaussian blur with reflected edges: (N, 1, H, W) -> the same."""
         kernel = gaussian_kernel(self.map_sigma).to(device=maps.device, dtype=maps.dtype)
@@ -268,6 +295,13 @@ class SpatialVAE(nn.Module):
             reconstruction = torch.sigmoid(self.decoder(mu))
         logits = self.map_head(torch.cat([corrupted, reconstruction], dim=1))
         return recon, kl, mu, map_loss(logits, mask)
+
+
+def squash(evidence: Tensor) -> Tensor:
+    """Evidence (0 = a clean image's mean pixel, 1 = its typical peak) -> [0, 1): about
+    0.08 at 0, 0.63 at 1, 0.86 at 2; strictly increasing, so a map's peak is still the
+    peak of its evidence and rankings do not change."""
+    return 1.0 - torch.exp(-F.softplus(evidence, beta=8.0))
 
 
 def map_loss(logits: Tensor, mask: Tensor) -> Tensor:

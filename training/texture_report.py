@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ from PIL import Image
 
 from app.artifact import ModelMetadata, load_artifact
 from app.preprocessing import preprocessing_for
+from training.checkpoint import LAST
 from training.config import TrainConfig
 from training.dataset import ImageSet
 from training.defects import KINDS
@@ -42,6 +43,8 @@ WHOLE_IMAGE_SIZE = 64
 # of the 1,000 training crops: 200 validate, 200 calibrate (a 1% rate needs 99 or more)
 SPLITS = {"val_fraction": 0.2, "calibration_fraction": 0.2}
 FIGURE_EXAMPLES = 4  # defective crops per texture in the figure
+
+Reuse = Literal["no", "artifact", "resume"]
 
 
 @dataclass(frozen=True)
@@ -97,12 +100,22 @@ def run_texture(
         measure("brightness", brightness_baseline(data), data),
         measure("pca", pca_baseline(data), data),
     ]
+    baseline_reuse: Reuse = "artifact" if reuse else "no"
     module, metadata = _fit(
-        whole_image_config(name, work_dir, whole), data, log, isolated_check, reuse, resize=True
+        whole_image_config(name, work_dir, whole),
+        data,
+        log,
+        isolated_check,
+        baseline_reuse,
+        resize=True,
     )
     results.append(measure("whole-image VAE", artifact_scores(module, metadata, data), data))
     module, metadata = _fit(
-        inspection_config(name, work_dir, inspection), data, log, isolated_check, reuse
+        inspection_config(name, work_dir, inspection),
+        data,
+        log,
+        isolated_check,
+        "resume" if reuse else "no",
     )
     for method, scores in vae_map_scores(module, metadata, data).items():
         results.append(measure(method, scores, data))
@@ -121,14 +134,21 @@ def _fit(
     data: TextureSet,
     log: Log,
     isolated_check: bool,
-    reuse: bool,
+    reuse: Reuse,
     resize: bool = False,
 ) -> tuple[torch.jit.ScriptModule, ModelMetadata]:
-    """Train and export through the real pipeline; the loaded artifact. With `reuse`, an
-    artifact an earlier run of the same command left in the work folder is scored again."""
-    if reuse and (config.artifact_path / "model.json").is_file():
+    """Train and export through the real pipeline; the loaded artifact. What an earlier
+    run of the same command left in the work folder is used again with `reuse`:
+    "artifact" scores its artifact as it is; "resume" resumes the run from its last
+    checkpoint (the epochs it had not trained, then the map, the calibration and the
+    export again, so that changes after training are measured on the same weights)."""
+    last = config.checkpoint_path / LAST
+    if reuse == "artifact" and (config.artifact_path / "model.json").is_file():
         log(f"reusing {config.artifact_path}")
         return load_artifact(config.artifact_path)
+    if reuse == "resume" and last.is_file():
+        log(f"resuming {last}")
+        config = replace(config, resume=str(last))
     train = data.train
     if resize:  # the whole-image model sees its images at its own size, as served
         size = (config.image_size, config.image_size)

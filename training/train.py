@@ -242,13 +242,12 @@ def evaluation_seconds(config: TrainConfig, images: int, row_seconds: float) -> 
 def after_evaluation_rows(config: TrainConfig, val_images: int) -> float:
     """Decoder rows of the work between the evaluation and the artifact, which the
     evaluation may not use: a spatial model's maps of every validation image, clean and
-    with a defect, to choose its smoothing (unless --map-sigma is given) and of the
-    calibration images, scored and scored again by the exported artifact's check; a VAE's
+    with a defect, to put its map together, and of the calibration images, scored and
+    scored again by the exported artifact's check; a VAE's
     sampling prior, fitted to the training latents and its samples scored."""
     calibration = val_images * config.calibration_fraction / config.val_fraction
     if config.architecture == "spatial":
-        selection = 0 if config.map_sigma is not None else 2 * val_images
-        return MAP_ROWS * (selection + 2 * calibration)
+        return MAP_ROWS * (2 * val_images + 2 * calibration)
     if config.prior_components == 0:
         return 0.0
     train = val_images * (1 - config.val_fraction - config.calibration_fraction)

@@ -12,6 +12,7 @@ from training.errors import ConfigError
 from training.flags import config_from_args, explicit_flags
 from training.pipeline import working_size
 from training.presets import PRESETS
+from training.selection import SHARES, SIGMAS
 
 
 def config_for(argv: list[str]) -> TrainConfig:
@@ -89,7 +90,9 @@ def test_the_inspection_preset_trains_and_exports_a_full_resolution_detector(tmp
     module, metadata = load_artifact(tmp_path / "model")
     assert (metadata.height, metadata.width) == (40, 56)  # 57 -> 56: a multiple of the stride
     assert metadata.architecture == "spatial" and metadata.calibration.score == "map"
-    assert metadata.metrics["map_sigma"] in (1.0, 2.0, 4.0, 8.0)
+    assert metadata.metrics["map_sigma"] in SIGMAS
+    assert metadata.metrics["density_share"] in SHARES
+    assert float(module.density.weight.abs().sum()) > 0  # fitted on the training images
     x = torch.rand(2, 1, 40, 56)
     assert module.anomaly_map(x).shape == (2, 1, 40, 56)
     assert metadata.latent_dim == 8 * 10 * 14

@@ -6,9 +6,10 @@ import torch
 from PIL import Image
 
 from training.defects import draw_defect
+from training.density import fit_patch_density
 from training.model import ModelConfig, build_model
 from training.roc import auroc
-from training.spatial import SpatialVAE, gaussian_kernel, map_loss
+from training.spatial import SpatialVAE, gaussian_kernel, map_loss, squash
 
 TINY = ModelConfig(
     architecture="spatial",
@@ -54,12 +55,39 @@ def test_the_score_is_the_largest_value_of_the_smoothed_map():
         assert torch.equal(model.score(x), model.anomaly_map(x).flatten(1).amax(1))
 
 
-def test_the_scripted_module_computes_what_the_eager_one_does():
+@pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
+def test_the_scripted_module_computes_what_the_eager_one_does(share, tmp_path):
     model, x = tiny(), torch.rand(2, 1, 32, 48)
-    scripted = torch.jit.script(model)
+    fit_patch_density(model.density, torch.rand(8, 1, 32, 48))
+    model.density_share, model.density_centre, model.density_scale = share, 60.0, 20.0
+    model.head_centre, model.head_scale = 0.4, 0.2
+    torch.jit.save(torch.jit.script(model), tmp_path / "model.pt")
+    scripted = torch.jit.load(tmp_path / "model.pt")
     with torch.inference_mode():
         assert torch.allclose(scripted.anomaly_map(x), model.anomaly_map(x), atol=1e-6)
         assert torch.allclose(scripted.encode(x)[0], model.encode(x)[0], atol=1e-6)
+
+
+def test_the_map_mixes_both_kinds_of_evidence_by_the_density_share():
+    model, x = tiny(), torch.rand(2, 1, 32, 48)
+    fit_patch_density(model.density, torch.rand(8, 1, 32, 48))
+    model.density_centre, model.density_scale = 60.0, 20.0
+    model.head_centre, model.head_scale = 0.4, 0.2
+    with torch.inference_mode():
+        head = (model.head_map(x) - 0.4) / 0.2
+        density = (model.density(x) - 60.0) / 20.0
+        model.density_share = 0.25
+        mixed = model.evidence(x)
+        assert torch.allclose(mixed, 0.75 * head + 0.25 * density, atol=1e-5)
+        assert torch.allclose(model.anomaly_map(x), squash(model.smooth(mixed)), atol=1e-6)
+
+
+def test_the_squash_keeps_the_order_and_maps_typical_normal_pixels_near_0():
+    evidence = torch.linspace(-1, 6, 200)
+    squashed = squash(evidence)
+    assert bool((squashed[1:] > squashed[:-1]).all())
+    assert float(squash(torch.tensor(0.0))) < 0.1 < 0.6 < float(squash(torch.tensor(1.0)))
+    assert float(squashed.max()) < 1.0
 
 
 def test_an_image_scores_the_same_alone_and_in_a_batch():

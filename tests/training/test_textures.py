@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -5,7 +7,7 @@ import torch
 from app.artifact import read_metadata
 from app.preprocessing import preprocessing_for
 from training import texture_report
-from training.config import TrainConfig
+from training.checkpoint import LAST
 from training.defects import KINDS
 from training.textures import (
     Scores,
@@ -81,9 +83,20 @@ def test_model_input_resizes_through_the_services_preprocessing(brick):
     assert resized.shape == (2, 1, 16, 16)
 
 
-def test_reuse_scores_the_artifact_an_earlier_run_left_instead_of_training(brick, artifact_dir):
-    lines: list[str] = []
-    config = TrainConfig(data="brick", out=str(artifact_dir), epochs=1).validate()
-    module, metadata = texture_report._fit(config, brick, lines.append, False, reuse=True)
-    assert lines == [f"reusing {artifact_dir}"]
-    assert metadata == read_metadata(artifact_dir) and hasattr(module, "score")
+def test_reuse_resumes_the_finished_run_and_exports_it_again(brick, tiny_config):
+    config = replace(tiny_config, data="brick", epochs=1, image_size=28)
+    config = replace(config, calibration_fraction=0.4, false_alarm_rate=0.2).validate()
+    first: list[str] = []
+    texture_report._fit(config, brick, first.append, False, reuse="resume", resize=True)
+    assert any(line.startswith("epoch 1/1") for line in first)
+    (config.artifact_path / "model.json").unlink()
+    again: list[str] = []
+    module, metadata = texture_report._fit(
+        config, brick, again.append, False, reuse="resume", resize=True
+    )
+    assert again[0] == f"resuming {config.checkpoint_path / LAST}"
+    assert not any(line.startswith("epoch ") for line in again)  # nothing left to train
+    assert metadata == read_metadata(config.artifact_path) and hasattr(module, "score")
+    again.clear()
+    texture_report._fit(config, brick, again.append, False, reuse="artifact", resize=True)
+    assert again == [f"reusing {config.artifact_path}"]

@@ -1,0 +1,92 @@
+"""The patch density: a Gaussian of raw patches, evaluated as a convolution."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+from training import density as density_module
+from training.defects import draw_defect
+from training.density import PATCH, STEP, PatchDensity, fit_patch_density, patch_moments
+from training.roc import auroc
+
+
+def texture(count: int, seed: int, channels: int = 1) -> torch.Tensor:
+    """Normal images: diagonal stripes of random phase and a little noise, (N, C, 40, 56)."""
+    generator = torch.Generator().manual_seed(seed)
+    phase = torch.rand(count, 1, 1, 1, generator=generator) * 2 * math.pi
+    rows = torch.arange(40).view(1, 1, 40, 1).float()
+    cols = torch.arange(56).view(1, 1, 1, 56).float()
+    base = 0.5 + 0.25 * torch.sin((rows + cols) * 0.7 + phase)
+    noise = 0.03 * torch.randn(count, channels, 40, 56, generator=generator)
+    return (base.expand(count, channels, 40, 56) + noise).clamp(0, 1)
+
+
+def fitted(channels: int = 1) -> PatchDensity:
+    return fit_patch_density(PatchDensity(channels), texture(48, seed=0, channels=channels))
+
+
+def test_the_convolution_is_the_mahalanobis_distance_of_each_patch():
+    train = texture(48, seed=0)
+    model = fit_patch_density(PatchDensity(1), train)
+    mean, covariance = patch_moments(train, seed=0)
+    ridge = density_module.SHRINK * float(covariance.diagonal().mean())
+    precision = torch.linalg.inv(covariance + ridge * torch.eye(len(mean), dtype=torch.float64))
+    x = texture(2, seed=1)
+    patches = F.unfold(x.double(), PATCH, stride=STEP).permute(0, 2, 1) - mean  # (N, P, D)
+    expected = torch.einsum("npd,de,npe->np", patches, precision, patches)
+    with torch.inference_mode():
+        whitened = F.conv2d(x, model.weight, model.bias, stride=STEP)
+    got = whitened.pow(2).sum(1).flatten(1)
+    assert torch.allclose(got.double(), expected, rtol=1e-3, atol=1e-2)
+
+
+def test_the_moments_of_a_sample_of_patches_are_those_of_all_of_them(monkeypatch):
+    train = texture(32, seed=0)
+    mean, covariance = patch_moments(train, seed=0)
+    monkeypatch.setattr(density_module, "MAX_PATCHES", 1500)  # of 3,744
+    sampled_mean, sampled_covariance = patch_moments(train, seed=0)
+    assert torch.allclose(sampled_mean, mean, atol=0.01)
+    assert torch.allclose(sampled_covariance, covariance, atol=0.004)
+    assert not torch.equal(sampled_covariance, covariance)
+
+
+def test_the_map_has_the_image_size_and_is_flat_where_the_image_is_normal():
+    model = fitted()
+    with torch.inference_mode():
+        maps = model(texture(4, seed=1))
+    assert maps.shape == (4, 1, 40, 56)
+    dims = PATCH * PATCH  # a normal patch's squared distance averages its dimension
+    assert 0.5 * dims < float(maps.mean()) < 1.5 * dims
+
+
+def test_a_thin_crack_in_the_texture_lights_up_where_it_is():
+    model = fitted()
+    clean = texture(24, seed=2)
+    rng = np.random.default_rng(0)
+    drawn = [draw_defect(image, "crack", rng) for image in clean.permute(0, 2, 3, 1).numpy()]
+    defective = torch.from_numpy(np.stack([d.image for d in drawn])).permute(0, 3, 1, 2)
+    masks = torch.from_numpy(np.stack([d.mask for d in drawn]))
+    with torch.inference_mode():
+        normal_maps, defect_maps = model(clean)[:, 0], model(defective.float())[:, 0]
+    assert auroc(normal_maps.flatten(1).amax(1), defect_maps.flatten(1).amax(1)) > 0.9
+    assert auroc(defect_maps[~masks], defect_maps[masks]) > 0.8
+
+
+def test_colour_patches_have_a_dimension_per_channel_and_an_unfitted_density_is_zero():
+    assert fitted(channels=3).weight.shape == (3 * PATCH * PATCH, 3, PATCH, PATCH)
+    with torch.inference_mode():
+        assert float(PatchDensity(3)(torch.rand(1, 3, 16, 24)).abs().max()) == 0.0
+
+
+def test_the_fit_is_not_in_the_state_dict_but_travels_in_torchscript(tmp_path):
+    model = fitted()
+    assert model.state_dict() == {}
+    torch.jit.save(torch.jit.script(model), tmp_path / "density.pt")
+    loaded = torch.jit.load(tmp_path / "density.pt")
+    x = texture(2, seed=3)
+    with torch.inference_mode():
+        assert torch.equal(loaded(x), model(x))

@@ -1,0 +1,85 @@
+"""Putting the anomaly map together on validation images with synthetic defects."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from training.density import fit_patch_density
+from training.model import ModelConfig, build_model
+from training.selection import SHARES, SIGMAS, Scale, choose_map, with_defects
+from training.spatial import SpatialVAE
+
+TINY = ModelConfig(
+    architecture="spatial",
+    channels=1,
+    image_size=32,
+    work_size=(32, 48),
+    latent_dim=8 * 4 * 6,
+    hidden=(8, 16, 16),
+    likelihood="gaussian",
+    score="map",
+    latent_channels=8,
+    crop=16,
+    crops_per_image=2,
+    map_hidden=(8, 16),
+    map_sigma=1.0,
+)
+
+
+def stripes(count: int, seed: int) -> torch.Tensor:
+    """Normal images: vertical stripes of random phase and a little noise, (N, 1, 32, 48)."""
+    generator = torch.Generator().manual_seed(seed)
+    phase = torch.rand(count, 1, 1, 1, generator=generator) * 2 * math.pi
+    cols = torch.arange(48).view(1, 1, 1, 48).float()
+    base = 0.5 + 0.3 * torch.sin(cols * 0.8 + phase)
+    noise = 0.03 * torch.randn(count, 1, 32, 48, generator=generator)
+    return (base.expand(count, 1, 32, 48) + noise).clamp(0, 1)
+
+
+def untrained_with_density() -> SpatialVAE:
+    """A map head that knows nothing, beside a patch density fitted on the normal images."""
+    torch.manual_seed(0)
+    model = build_model(TINY)
+    assert isinstance(model, SpatialVAE)
+    fit_patch_density(model.density, stripes(64, seed=0))
+    return model.eval()
+
+
+def test_a_scale_puts_the_clean_mean_at_0_and_the_typical_peak_at_1():
+    clean = torch.rand(16, 1, 8, 8) * 3 + 2
+    scaled = Scale.of(clean)(clean)
+    assert abs(float(scaled.mean())) < 1e-5
+    assert abs(float(scaled.flatten(1).amax(1).mean()) - 1.0) < 1e-5
+
+
+def test_the_density_takes_the_map_when_the_head_knows_nothing():
+    model = untrained_with_density()
+    choice = choose_map(model, stripes(48, seed=1), seed=0)
+    assert set(choice.auroc) == {(s, share) for s in SIGMAS for share in SHARES}
+    assert choice.share > 0.0
+    assert choice.auroc[(choice.sigma, choice.share)] > choice.auroc[(choice.sigma, 0.0)]
+    assert (model.map_sigma, model.density_share) == (choice.sigma, choice.share)
+    assert (model.density_centre, model.density_scale) == (
+        choice.density.centre,
+        choice.density.scale,
+    )
+
+
+def test_the_chosen_map_scores_held_out_defects_above_clean_images():
+    model = untrained_with_density()
+    choose_map(model, stripes(48, seed=1), seed=0)
+    clean = stripes(24, seed=2)
+    with torch.inference_mode():
+        normal = model.score(clean)
+        anomalous = model.score(with_defects(clean, seed=3))
+        maps = model.anomaly_map(clean)
+    assert float((anomalous > normal.max()).float().mean()) > 0.5
+    assert float(maps.min()) >= 0.0 and float(maps.max()) < 1.0
+
+
+def test_a_given_smoothing_is_kept_and_only_the_share_is_chosen():
+    model = untrained_with_density()
+    choice = choose_map(model, stripes(48, seed=1), seed=0, sigmas=(2.0,))
+    assert choice.sigma == 2.0 and {sigma for sigma, _ in choice.auroc} == {2.0}
