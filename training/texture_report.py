@@ -193,16 +193,31 @@ def markdown(runs: list[TextureRun]) -> str:
     )
     lines += [
         "",
-        "| texture | " + " | ".join(KINDS) + " | recall | false alarms |",
-        "|---|" + "---:|" * (len(KINDS) + 2),
+        "| texture | "
+        + " | ".join(KINDS)
+        + " | recall | false alarms, fresh | false alarms, held-out region |",
+        "|---|" + "---:|" * (len(KINDS) + 3),
     ]
     for run in runs:
         ours = run.results[-1]
         kinds = " | ".join(f"{100 * ours.per_kind[k]:.1f}" for k in KINDS)
-        recall = "" if ours.recall is None else f"{100 * ours.recall:.1f}%"
-        far = "" if ours.false_alarm_rate is None else f"{100 * ours.false_alarm_rate:.1f}%"
-        lines.append(f"| {run.texture} | {kinds} | {recall} | {far} |")
+        rates = " | ".join(_percent(rate) for rate in _rates(ours))
+        lines.append(f"| {run.texture} | {kinds} | {rates} |")
+    table = [_rates(run.results[-1]) for run in runs]
+    if table and all(rate is not None for row in table for rate in row):
+        mean_rates = [float(np.mean([row[i] or 0.0 for row in table])) for i in range(3)]
+        bold = " | ".join(f"**{_percent(rate)}**" for rate in mean_rates)
+        lines.append("| **mean** |" + " |" * len(KINDS) + f" {bold} |")
     return "\n".join(lines)
+
+
+def _rates(result: Result) -> list[float | None]:
+    """Recall, then the false-alarm rates on the fresh and on the held-out normal images."""
+    return [result.recall, result.fresh_false_alarm_rate, result.false_alarm_rate]
+
+
+def _percent(rate: float | None) -> str:
+    return "" if rate is None else f"{100 * rate:.1f}%"
 
 
 def write_report(runs: list[TextureRun], directory: Path, settings: dict[str, Any]) -> Path:

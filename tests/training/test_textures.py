@@ -10,6 +10,7 @@ from training import texture_report
 from training.checkpoint import LAST
 from training.defects import KINDS
 from training.textures import (
+    Result,
     Scores,
     brightness_baseline,
     build_texture_set,
@@ -23,7 +24,7 @@ from training.textures import (
 
 @pytest.fixture(scope="module")
 def brick():
-    return build_texture_set("brick", size=32, train=24, normal=12, per_kind=2)
+    return build_texture_set("brick", size=32, train=24, normal=12, per_kind=2, fresh=8)
 
 
 def test_the_set_holds_normal_crops_and_one_masked_defect_per_defective_crop(brick):
@@ -36,17 +37,26 @@ def test_the_set_holds_normal_crops_and_one_masked_defect_per_defective_crop(bri
     assert torch.equal(on_8_bits, on_8_bits.round())  # as an 8-bit upload would hold them
 
 
-def test_no_test_crop_comes_from_the_training_region(brick):
+def rows_of(crop: np.ndarray, photo: np.ndarray) -> list[int]:
+    """The top rows at which the 32x32 `crop` lies in `photo`."""
+    corners = zip(*np.nonzero(np.abs(photo[:-31, :-31] - crop[0, 0]) <= 1 / 255), strict=True)
+    return [
+        row
+        for row, col in corners
+        if np.allclose(photo[row : row + 32, col : col + 32], crop, atol=1 / 255)
+    ]
+
+
+def test_no_test_crop_comes_from_the_training_region_and_every_fresh_one_does(brick):
     photo = photograph("brick")[:, :, 0]
     split = round(photo.shape[0] * 5 / 8)
     for crop in brick.normal[:4, 0].numpy():
-        corners = zip(*np.nonzero(np.abs(photo[:-31, :-31] - crop[0, 0]) <= 1 / 255), strict=True)
-        rows = [
-            row
-            for row, col in corners
-            if np.allclose(photo[row : row + 32, col : col + 32], crop, atol=1 / 255)
-        ]
+        rows = rows_of(crop, photo)
         assert rows and min(rows) >= split
+    for crop in brick.fresh[:4, 0].numpy():
+        rows = rows_of(crop, photo)
+        assert rows and max(rows) + 32 <= split
+    assert not any(torch.equal(fresh, train) for fresh in brick.fresh for train in brick.train)
 
 
 def test_the_pixel_auroc_of_the_mask_itself_is_one_and_of_its_opposite_zero(brick):
@@ -63,10 +73,12 @@ def test_a_perfect_detector_measures_perfect_figures(brick):
         normal_maps=torch.zeros_like(brick.normal[:, 0]),
         defective_maps=brick.masks.float(),
         threshold=0.5,
+        fresh=torch.tensor([0.0, 0.0, 0.0, 1.0]),
     )
     result = measure("oracle", scores, brick)
     assert result.image_auroc == result.pixel_auroc == 1.0
     assert result.recall == 1.0 and result.false_alarm_rate == 0.0
+    assert result.fresh_false_alarm_rate == 0.25
     assert set(result.per_kind) == set(KINDS)
 
 
@@ -100,3 +112,14 @@ def test_reuse_resumes_the_finished_run_and_exports_it_again(brick, tiny_config)
     again.clear()
     texture_report._fit(config, brick, again.append, False, reuse="artifact", resize=True)
     assert again == [f"reusing {config.artifact_path}"]
+
+
+def test_the_report_gives_both_false_alarm_rates_and_their_means():
+    def run(texture: str, fresh: float) -> texture_report.TextureRun:
+        result = Result("inspection", 0.9, 0.8, dict.fromkeys(KINDS, 0.5), 0.5, 0.04, fresh)
+        return texture_report.TextureRun(texture, [result], 1.0, np.zeros((1, 1, 3), np.uint8))
+
+    lines = texture_report.markdown([run("brick", 0.01), run("grass", 0.02)]).splitlines()
+    assert "false alarms, fresh | false alarms, held-out region |" in lines[6]
+    assert lines[-3].endswith("| 50.0% | 1.0% | 4.0% |")
+    assert lines[-1] == "| **mean** |" + " |" * len(KINDS) + " **50.0%** | **1.5%** | **4.0%** |"
