@@ -300,22 +300,26 @@ def _compose_map(
     log: Log,
 ) -> tuple[ModelConfig, dict[str, float]]:
     """Fit the patch density on the training images, then choose the map's smoothing
-    (unless --map-sigma is given) and the density's share of it on the validation
-    images with synthetic defects."""
+    (unless --map-sigma is given) and the shares of the map head's and the density's
+    evidence on the validation images with synthetic defects."""
     fit_patch_density(model.density, data.train.images, config.seed)
     sigmas = SIGMAS if config.map_sigma is None else (config.map_sigma,)
     choice = choose_map(model, data.val.images, config.seed, sigmas)
-    best = choice.auroc[(choice.sigma, choice.share)]
+    rare, plain = choice.share
+    alone = ", ".join(
+        f"{name} alone {100 * choice.auroc[(choice.sigma, share)]:.1f}%"
+        for name, share in (("map head", (0.0, 0.0)), ("rare", (1.0, 0.0)), ("plain", (0.0, 1.0)))
+    )
     log(
-        f"anomaly map: smoothing {choice.sigma:g} px, patch density share {choice.share:g} "
-        f"(validation AUROC on synthetic defects {100 * best:.1f}%; "
-        f"map head alone {100 * choice.auroc[(choice.sigma, 0.0)]:.1f}%, "
-        f"patch density alone {100 * choice.auroc[(choice.sigma, 1.0)]:.1f}%)"
+        f"anomaly map: smoothing {choice.sigma:g} px, shares: map head {1 - rare - plain:g}, "
+        f"rare patches {rare:g}, plain patches {plain:g} (validation AUROC on synthetic "
+        f"defects {100 * choice.best:.1f}%; {alone})"
     )
     chosen = {
         "map_sigma": choice.sigma,
-        "density_share": choice.share,
-        "val_synthetic_auroc": best,
+        "rare_share": rare,
+        "plain_share": plain,
+        "val_synthetic_auroc": choice.best,
     }
     return replace(model_config, map_sigma=choice.sigma), metrics | chosen
 

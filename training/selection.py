@@ -4,8 +4,9 @@ Users have normal images only. After training, the spatial model's map is put to
 on the validation split: one synthetic defect (`training.defects`, the kinds in turn) is
 drawn on each validation image, and the setting whose image score separates the
 defective copies from the clean images best (AUROC) is kept: the smoothing, and how
-much of the map comes from the map head and how much from the patch density
-(`training.density`), each map first scaled so that a clean image's typical peak is 1.
+much of the map comes from the map head and how much from the patch density's rare and
+plain evidence (`training.density`), each map first scaled so that a clean image's
+typical peak is 1.
 The validation split never trains the weights and is not the calibration split, so the
 threshold is still set on images nothing was chosen on.
 """
@@ -23,7 +24,12 @@ from training.roc import auroc
 from training.spatial import SpatialVAE
 
 SIGMAS = (1.0, 2.0, 4.0, 8.0)  # px at the working resolution
-SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)  # the patch density's share of the map
+STEPS = 4  # shares in quarters
+# (rare, plain) shares of the map; the map head has the rest
+SHARES = tuple(
+    (rare / STEPS, plain / STEPS) for rare in range(STEPS + 1) for plain in range(STEPS + 1 - rare)
+)
+Share = tuple[float, float]
 MAP_BATCH = 8
 
 
@@ -45,25 +51,49 @@ class Scale:
 
 
 @dataclass(frozen=True)
+class Scales:
+    head: Scale
+    rare: Scale
+    plain: Scale
+
+
+@dataclass(frozen=True)
 class Choice:
     sigma: float
-    share: float
-    head: Scale
-    density: Scale
-    auroc: dict[tuple[float, float], float]  # (smoothing, share) -> AUROC on synthetic defects
+    share: Share  # (rare, plain)
+    scales: Scales
+    auroc: dict[tuple[float, Share], float]  # (smoothing, share) -> AUROC, synthetic defects
 
     def apply(self, model: SpatialVAE) -> SpatialVAE:
         model.map_sigma = self.sigma
-        model.density_share = self.share
-        model.head_centre, model.head_scale = self.head.centre, self.head.scale
-        model.density_centre, model.density_scale = self.density.centre, self.density.scale
+        model.rare_share, model.plain_share = self.share
+        model.head_centre, model.head_scale = self.scales.head.centre, self.scales.head.scale
+        model.rare_centre, model.rare_scale = self.scales.rare.centre, self.scales.rare.scale
+        model.plain_centre, model.plain_scale = self.scales.plain.centre, self.scales.plain.scale
         return model
+
+    @property
+    def best(self) -> float:
+        return self.auroc[(self.sigma, self.share)]
 
 
 @dataclass(frozen=True)
 class Maps:
     head: Tensor  # (N, 1, H, W), unsmoothed
-    density: Tensor
+    rare: Tensor
+    plain: Tensor
+
+    def smoothed(self, model: SpatialVAE) -> Maps:
+        return Maps(model.smooth(self.head), model.smooth(self.rare), model.smooth(self.plain))
+
+    def scales(self) -> Scales:
+        return Scales(Scale.of(self.head), Scale.of(self.rare), Scale.of(self.plain))
+
+    def peaks(self, scales: Scales, share: Share) -> Tensor:
+        rare, plain = share
+        mixed = (1.0 - rare - plain) * scales.head(self.head)
+        mixed = mixed + rare * scales.rare(self.rare) + plain * scales.plain(self.plain)
+        return mixed.flatten(1).amax(1)
 
 
 def with_defects(images: Tensor, seed: int) -> Tensor:
@@ -79,40 +109,38 @@ def with_defects(images: Tensor, seed: int) -> Tensor:
 
 @torch.inference_mode()
 def raw_maps(model: SpatialVAE, images: Tensor) -> Maps:
-    """Both maps of `images`, before smoothing."""
+    """The three maps of `images`, before smoothing."""
     heads, densities = [], []
     for batch in images.split(MAP_BATCH):
         heads.append(model.head_map(batch))
         densities.append(model.density(batch))
-    return Maps(torch.cat(heads), torch.cat(densities))
+    density = torch.cat(densities)
+    return Maps(torch.cat(heads), density[:, :1], density[:, 1:])
 
 
 def choose_map(
     model: SpatialVAE, images: Tensor, seed: int, sigmas: tuple[float, ...] = SIGMAS
 ) -> Choice:
-    """The smoothing in `sigmas` and the share in `SHARES` with the best AUROC of clean
+    """The smoothing in `sigmas` and the shares in `SHARES` with the best AUROC of clean
     `images` against defective copies, applied to `model`; on a tie, the larger (steadier)
     smoothing and the more even mix."""
     clean = raw_maps(model, images)
     defective = raw_maps(model, with_defects(images, seed))
-    table: dict[tuple[float, float], float] = {}
-    scales: dict[float, tuple[Scale, Scale]] = {}
+    table: dict[tuple[float, Share], float] = {}
+    scales: dict[float, Scales] = {}
     for sigma in sigmas:
         model.map_sigma = sigma
-        smooth_clean = Maps(model.smooth(clean.head), model.smooth(clean.density))
-        smooth_defective = Maps(model.smooth(defective.head), model.smooth(defective.density))
-        head, density = Scale.of(smooth_clean.head), Scale.of(smooth_clean.density)
-        scales[sigma] = (head, density)
+        smooth_clean, smooth_defective = clean.smoothed(model), defective.smoothed(model)
+        scales[sigma] = smooth_clean.scales()
         for share in SHARES:
-            normal = _peaks(smooth_clean, head, density, share)
-            anomalous = _peaks(smooth_defective, head, density, share)
+            normal = smooth_clean.peaks(scales[sigma], share)
+            anomalous = smooth_defective.peaks(scales[sigma], share)
             table[(sigma, share)] = auroc(normal, anomalous)
-    sigma, share = max(table, key=lambda key: (table[key], key[0], -abs(key[1] - 0.5)))
-    choice = Choice(sigma, share, *scales[sigma], table)
+    sigma, share = max(table, key=lambda key: (table[key], key[0], -_largest(key[1])))
+    choice = Choice(sigma, share, scales[sigma], table)
     choice.apply(model)
     return choice
 
 
-def _peaks(maps: Maps, head: Scale, density: Scale, share: float) -> Tensor:
-    mixed = (1.0 - share) * head(maps.head) + share * density(maps.density)
-    return mixed.flatten(1).amax(1)
+def _largest(share: Share) -> float:
+    return max(share[0], share[1], 1.0 - share[0] - share[1])

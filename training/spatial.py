@@ -158,13 +158,17 @@ class SpatialVAE(nn.Module):
         self.log_sigma = nn.Parameter(torch.full((), -2.0))
         # How the map head's and the patch density's evidence make one map, all chosen
         # after training (`training.selection`): the smoothing in px, each map's centre
-        # and scale on clean validation images, and the density's share of the sum.
+        # and scale on clean validation images, and the shares of the density's rare
+        # and plain evidence (the map head has the rest).
         self.map_sigma = config.map_sigma
         self.head_centre = 0.0
         self.head_scale = 1.0
-        self.density_centre = 0.0
-        self.density_scale = 1.0
-        self.density_share = 0.0
+        self.rare_centre = 0.0
+        self.rare_scale = 1.0
+        self.plain_centre = 0.0
+        self.plain_scale = 1.0
+        self.rare_share = 0.0
+        self.plain_share = 0.0
 
     # --- the artifact's methods, at the exported size -----------------------------------
     @torch.jit.export
@@ -248,16 +252,18 @@ class SpatialVAE(nn.Module):
         return torch.sigmoid(self.map_logits(x))
 
     def evidence(self, x: Tensor) -> Tensor:
-        """The two maps, each in units of a clean image's typical peak above its mean
-        pixel, mixed by `density_share`: (N, 1, H, W), unsmoothed."""
-        share = self.density_share
-        if share >= 1.0:
-            return (self.density(x) - self.density_centre) / self.density_scale
-        head = (self.head_map(x) - self.head_centre) / self.head_scale
-        if share <= 0.0:
-            return head
-        density = (self.density(x) - self.density_centre) / self.density_scale
-        return (1.0 - share) * head + share * density
+        """The three maps, each in units of a clean image's typical peak above its mean
+        pixel, mixed by their shares: (N, 1, H, W), unsmoothed."""
+        head_share = 1.0 - self.rare_share - self.plain_share
+        mixed = torch.zeros_like(x[:, :1])
+        if head_share > 0.0:
+            mixed = mixed + head_share * (self.head_map(x) - self.head_centre) / self.head_scale
+        if self.rare_share > 0.0 or self.plain_share > 0.0:
+            density = self.density(x)
+            rare = (density[:, :1] - self.rare_centre) / self.rare_scale
+            plain = (density[:, 1:] - self.plain_centre) / self.plain_scale
+            mixed = mixed + self.rare_share * rare + self.plain_share * plain
+        return mixed
 
     def smooth(self, maps: Tensor) -> Tensor:
         """Separable Gaussian blur with reflected edges: (N, 1, H, W) -> the same."""

@@ -54,13 +54,41 @@ def test_the_moments_of_a_sample_of_patches_are_those_of_all_of_them(monkeypatch
     assert not torch.equal(sampled_covariance, covariance)
 
 
-def test_the_map_has_the_image_size_and_is_flat_where_the_image_is_normal():
+def test_the_maps_have_the_image_size_and_are_flat_where_the_image_is_normal():
     model = fitted()
     with torch.inference_mode():
         maps = model(texture(4, seed=1))
-    assert maps.shape == (4, 1, 40, 56)
+    assert maps.shape == (4, 2, 40, 56)
     dims = PATCH * PATCH  # a normal patch's squared distance averages its dimension
-    assert 0.5 * dims < float(maps.mean()) < 1.5 * dims
+    assert 0.5 * dims < float(maps[:, 0].mean()) < 1.5 * dims
+    # plain: -log of the share of training patches nearer the mean, 1 on average
+    assert 0.5 < float(maps[:, 1].mean()) < 1.5
+
+
+def test_the_levels_are_the_training_patches_log_distances_in_order():
+    train = texture(48, seed=0)
+    model = fit_patch_density(PatchDensity(1), train)
+    with torch.inference_mode():
+        logs = model.distances(train).log().flatten()
+    assert bool((model.levels[1:] >= model.levels[:-1]).all())
+    assert abs(float(model.levels[0]) - float(logs.min())) < 1e-4
+    assert abs(float(model.levels[-1]) - float(logs.max())) < 1e-4
+    median = float(model.levels[len(model.levels) // 2])
+    assert abs(float((logs < median).float().mean()) - 0.5) < 0.01
+
+
+def test_a_flat_disk_in_the_texture_is_plain_not_rare():
+    model = fitted()
+    clean = texture(24, seed=2)
+    flat = clean.clone()
+    yy, xx = torch.meshgrid(torch.arange(40), torch.arange(56), indexing="ij")
+    disk = (yy - 20) ** 2 + (xx - 28) ** 2 <= 12**2
+    flat[:, :, disk] = 0.5  # the texture's own mean grey: close to the mean patch
+    with torch.inference_mode():
+        normal, defective = model(clean), model(flat)
+    centre = defective[:, :, 18:23, 26:31]  # patches wholly inside the disk
+    assert float(centre[:, 1].min()) > float(normal[:, 1].max())  # plain
+    assert float(centre[:, 0].max()) < float(normal[:, 0].mean())  # and not rare
 
 
 def test_a_thin_crack_in_the_texture_lights_up_where_it_is():
@@ -71,15 +99,15 @@ def test_a_thin_crack_in_the_texture_lights_up_where_it_is():
     defective = torch.from_numpy(np.stack([d.image for d in drawn])).permute(0, 3, 1, 2)
     masks = torch.from_numpy(np.stack([d.mask for d in drawn]))
     with torch.inference_mode():
-        normal_maps, defect_maps = model(clean)[:, 0], model(defective.float())[:, 0]
+        normal_maps, defect_maps = model(clean)[:, 0], model(defective.float())[:, 0]  # rare
     assert auroc(normal_maps.flatten(1).amax(1), defect_maps.flatten(1).amax(1)) > 0.9
     assert auroc(defect_maps[~masks], defect_maps[masks]) > 0.8
 
 
-def test_colour_patches_have_a_dimension_per_channel_and_an_unfitted_density_is_zero():
+def test_colour_patches_have_a_dimension_per_channel_and_an_unfitted_density_sees_nothing():
     assert fitted(channels=3).weight.shape == (3 * PATCH * PATCH, 3, PATCH, PATCH)
     with torch.inference_mode():
-        assert float(PatchDensity(3)(torch.rand(1, 3, 16, 24)).abs().max()) == 0.0
+        assert float(PatchDensity(3)(torch.rand(1, 3, 16, 24))[:, 0].abs().max()) == 0.0
 
 
 def test_the_fit_is_not_in_the_state_dict_but_travels_in_torchscript(tmp_path):

@@ -54,16 +54,22 @@ def test_a_scale_puts_the_clean_mean_at_0_and_the_typical_peak_at_1():
     assert abs(float(scaled.flatten(1).amax(1).mean()) - 1.0) < 1e-5
 
 
+def test_the_shares_are_quarters_that_leave_the_map_head_the_rest():
+    assert len(SHARES) == 15 and (0.0, 0.0) in SHARES and (0.25, 0.75) in SHARES
+    assert all(rare >= 0 and plain >= 0 and rare + plain <= 1 for rare, plain in SHARES)
+
+
 def test_the_density_takes_the_map_when_the_head_knows_nothing():
     model = untrained_with_density()
     choice = choose_map(model, stripes(48, seed=1), seed=0)
     assert set(choice.auroc) == {(s, share) for s in SIGMAS for share in SHARES}
-    assert choice.share > 0.0
-    assert choice.auroc[(choice.sigma, choice.share)] > choice.auroc[(choice.sigma, 0.0)]
-    assert (model.map_sigma, model.density_share) == (choice.sigma, choice.share)
-    assert (model.density_centre, model.density_scale) == (
-        choice.density.centre,
-        choice.density.scale,
+    assert sum(choice.share) > 0.0
+    assert choice.best > choice.auroc[(choice.sigma, (0.0, 0.0))]
+    assert model.map_sigma == choice.sigma
+    assert (model.rare_share, model.plain_share) == choice.share
+    assert (model.rare_centre, model.plain_scale) == (
+        choice.scales.rare.centre,
+        choice.scales.plain.scale,
     )
 
 

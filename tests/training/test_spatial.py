@@ -55,12 +55,18 @@ def test_the_score_is_the_largest_value_of_the_smoothed_map():
         assert torch.equal(model.score(x), model.anomaly_map(x).flatten(1).amax(1))
 
 
-@pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
-def test_the_scripted_module_computes_what_the_eager_one_does(share, tmp_path):
-    model, x = tiny(), torch.rand(2, 1, 32, 48)
+def with_evidence_scales(model: SpatialVAE) -> SpatialVAE:
     fit_patch_density(model.density, torch.rand(8, 1, 32, 48))
-    model.density_share, model.density_centre, model.density_scale = share, 60.0, 20.0
     model.head_centre, model.head_scale = 0.4, 0.2
+    model.rare_centre, model.rare_scale = 60.0, 20.0
+    model.plain_centre, model.plain_scale = 1.0, 3.0
+    return model
+
+
+@pytest.mark.parametrize("share", [(0.0, 0.0), (0.5, 0.25), (1.0, 0.0), (0.0, 1.0)])
+def test_the_scripted_module_computes_what_the_eager_one_does(share, tmp_path):
+    model, x = with_evidence_scales(tiny()), torch.rand(2, 1, 32, 48)
+    model.rare_share, model.plain_share = share
     torch.jit.save(torch.jit.script(model), tmp_path / "model.pt")
     scripted = torch.jit.load(tmp_path / "model.pt")
     with torch.inference_mode():
@@ -68,17 +74,15 @@ def test_the_scripted_module_computes_what_the_eager_one_does(share, tmp_path):
         assert torch.allclose(scripted.encode(x)[0], model.encode(x)[0], atol=1e-6)
 
 
-def test_the_map_mixes_both_kinds_of_evidence_by_the_density_share():
-    model, x = tiny(), torch.rand(2, 1, 32, 48)
-    fit_patch_density(model.density, torch.rand(8, 1, 32, 48))
-    model.density_centre, model.density_scale = 60.0, 20.0
-    model.head_centre, model.head_scale = 0.4, 0.2
+def test_the_map_mixes_the_three_kinds_of_evidence_by_their_shares():
+    model, x = with_evidence_scales(tiny()), torch.rand(2, 1, 32, 48)
     with torch.inference_mode():
         head = (model.head_map(x) - 0.4) / 0.2
-        density = (model.density(x) - 60.0) / 20.0
-        model.density_share = 0.25
+        density = model.density(x)
+        rare, plain = (density[:, :1] - 60.0) / 20.0, (density[:, 1:] - 1.0) / 3.0
+        model.rare_share, model.plain_share = 0.25, 0.5
         mixed = model.evidence(x)
-        assert torch.allclose(mixed, 0.75 * head + 0.25 * density, atol=1e-5)
+        assert torch.allclose(mixed, 0.25 * head + 0.25 * rare + 0.5 * plain, atol=1e-5)
         assert torch.allclose(model.anomaly_map(x), squash(model.smooth(mixed)), atol=1e-6)
 
 
