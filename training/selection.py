@@ -31,6 +31,8 @@ SHARES = tuple(
 )
 Share = tuple[float, float]
 MAP_BATCH = 8
+# validation pixels a map may hold: six maps and their smoothed copies stay near 3 GB
+SELECTION_PIXELS = 1 << 26
 
 
 @dataclass(frozen=True)
@@ -123,7 +125,9 @@ def choose_map(
 ) -> Choice:
     """The smoothing in `sigmas` and the shares in `SHARES` with the best AUROC of clean
     `images` against defective copies, applied to `model`; on a tie, the larger (steadier)
-    smoothing and the more even mix."""
+    smoothing and the more even mix. Large images are chosen on as many of `images` as
+    `SELECTION_PIXELS` allows."""
+    images = images[: max(2, SELECTION_PIXELS // (images.shape[2] * images.shape[3]))]
     clean = raw_maps(model, images)
     defective = raw_maps(model, with_defects(images, seed))
     table: dict[tuple[float, Share], float] = {}

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from training import selection
 from training.density import fit_patch_density
 from training.model import ModelConfig, build_model
 from training.selection import SHARES, SIGMAS, Scale, choose_map, with_defects
@@ -89,3 +90,13 @@ def test_a_given_smoothing_is_kept_and_only_the_share_is_chosen():
     model = untrained_with_density()
     choice = choose_map(model, stripes(48, seed=1), seed=0, sigmas=(2.0,))
     assert choice.sigma == 2.0 and {sigma for sigma, _ in choice.auroc} == {2.0}
+
+
+def test_large_images_are_chosen_on_as_many_as_the_pixel_budget_allows(monkeypatch):
+    monkeypatch.setattr(selection, "SELECTION_PIXELS", 10 * 32 * 48)
+    model = untrained_with_density()
+    seen: list[int] = []
+    real = selection.raw_maps
+    monkeypatch.setattr(selection, "raw_maps", lambda m, x: seen.append(len(x)) or real(m, x))
+    choose_map(model, stripes(48, seed=1), seed=0, sigmas=(2.0,))
+    assert seen == [10, 10]
