@@ -5,27 +5,12 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.training.spatial_data import TINY, stripes
 from training.defects import draw_defect
 from training.density import fit_patch_density
 from training.model import ModelConfig, build_model
 from training.roc import auroc
 from training.spatial import SpatialVAE, gaussian_kernel, map_loss, squash
-
-TINY = ModelConfig(
-    architecture="spatial",
-    channels=1,
-    image_size=32,
-    work_size=(32, 48),
-    latent_dim=8 * 8 * 12,
-    hidden=(8, 16),
-    likelihood="gaussian",
-    score="map",
-    latent_channels=8,
-    crop=16,
-    crops_per_image=2,
-    map_hidden=(8, 16),
-    map_sigma=1.0,
-)
 
 
 def tiny(config: ModelConfig = TINY) -> SpatialVAE:
@@ -134,16 +119,6 @@ def test_the_map_loss_is_lowest_when_the_map_points_at_the_mask():
     wrong = map_loss((1 - mask * 2) * 6, mask)
     blind = map_loss(torch.full_like(mask, -6.0), mask)
     assert float(right) < float(blind) < float(wrong)
-
-
-def stripes(count: int, seed: int) -> torch.Tensor:
-    """Normal images: vertical stripes of random phase and a little noise, (N, 1, 32, 48)."""
-    generator = torch.Generator().manual_seed(seed)
-    phase = torch.rand(count, 1, 1, 1, generator=generator) * 2 * math.pi
-    cols = torch.arange(48).view(1, 1, 1, 48).float()
-    base = 0.5 + 0.3 * torch.sin(cols * 0.8 + phase)
-    noise = 0.03 * torch.randn(count, 1, 32, 48, generator=generator)
-    return (base.expand(count, 1, 32, 48) + noise).clamp(0, 1)
 
 
 @pytest.fixture(scope="module")
