@@ -1,3 +1,4 @@
+import copy
 import math
 
 import numpy as np
@@ -10,6 +11,7 @@ from training.defects import draw_defect
 from training.density import fit_patch_density
 from training.model import ModelConfig, build_model
 from training.roc import auroc
+from training.selection import choose_map
 from training.spatial import SpatialVAE, gaussian_kernel, map_loss, squash
 
 
@@ -165,8 +167,19 @@ def unrelated() -> dict[str, torch.Tensor]:
     }
 
 
-def test_unrelated_inputs_score_above_the_threshold_of_normal_images(trained):
+@pytest.fixture(scope="module")
+def composed(trained) -> SpatialVAE:
+    """The trained model with its map put together as training's export does."""
+    model = copy.deepcopy(trained)
+    fit_patch_density(model.density, stripes(64, seed=0))
+    choose_map(model, stripes(48, seed=3), seed=0)
+    return model
+
+
+@pytest.mark.parametrize("which", ["trained", "composed"])
+def test_unrelated_inputs_score_above_the_threshold_of_normal_images(which, request):
+    model = request.getfixturevalue(which)
     with torch.inference_mode():
-        threshold = float(trained.score(stripes(64, seed=2)).max())  # a strict calibration
+        threshold = float(model.score(stripes(64, seed=2)).max())  # a strict calibration
         for name, image in unrelated().items():
-            assert float(trained.score(image)) > threshold, name
+            assert float(model.score(image)) > threshold, name
