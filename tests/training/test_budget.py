@@ -66,8 +66,8 @@ def test_a_spatial_model_reserves_its_maps_and_a_vae_its_sampling_prior() -> Non
     preset = TrainConfig(**preset_values("inspection"))  # val 0.2, calibration 0.1
     rows = after_evaluation_rows(preset, 240)
     assert rows == MAP_ROWS * (2 * 240 + 2 * 120)
-    chosen = replace(preset, map_sigma=2.0)  # no smoothing to choose
-    assert after_evaluation_rows(chosen, 240) == MAP_ROWS * 2 * 120
+    chosen = replace(preset, map_sigma=2.0)  # the mix of the map is still chosen
+    assert after_evaluation_rows(chosen, 240) == rows
     assert after_evaluation_rows(TrainConfig(prior_components=0), 240) == 0.0
     assert after_evaluation_rows(TrainConfig(), 240) > 2 * 240
 
