@@ -121,11 +121,14 @@ def fit_patch_density(density: PatchDensity, images: Tensor, seed: int = 0) -> P
 
 @torch.no_grad()
 def _levels(density: PatchDensity, images: Tensor, seed: int) -> Tensor:
-    """`LEVELS` quantiles of the log distance of the training patches (a sample of them)."""
+    """`LEVELS` quantiles of the log distance of the training patches: of every patch of
+    as many images, drawn at random, as hold `MAX_PATCHES` of them (a distance costs a
+    whitening of D channels, which 1,200 large colour images would make minutes)."""
     generator = torch.Generator().manual_seed(seed + 1)
-    logs = torch.cat([density.distances(b).flatten() for b in images.split(FIT_BATCH)])
-    if len(logs) > MAX_PATCHES:
-        logs = logs[torch.randperm(len(logs), generator=generator)[:MAX_PATCHES]]
+    per_image = max(1, _positions(images.shape[2]) * _positions(images.shape[3]))
+    count = min(len(images), -(-MAX_PATCHES // per_image))
+    chosen = images[torch.randperm(len(images), generator=generator)[:count]]
+    logs = torch.cat([density.distances(b).flatten() for b in chosen.split(FIT_BATCH)])
     quantiles = torch.linspace(0.0, 1.0, LEVELS, dtype=torch.float64)
     return torch.quantile(logs.clamp(min=1e-12).log().double(), quantiles).float()
 

@@ -118,3 +118,13 @@ def test_the_fit_is_not_in_the_state_dict_but_travels_in_torchscript(tmp_path):
     x = texture(2, seed=3)
     with torch.inference_mode():
         assert torch.equal(loaded(x), model(x))
+
+
+def test_the_levels_of_many_images_come_from_as_many_as_hold_the_patch_budget(monkeypatch):
+    monkeypatch.setattr(density_module, "MAX_PATCHES", 3 * 9 * 13)  # 3 images' patches
+    train = texture(48, seed=0)
+    seen: list[int] = []
+    real = PatchDensity.distances
+    monkeypatch.setattr(PatchDensity, "distances", lambda m, x: seen.append(len(x)) or real(m, x))
+    fit_patch_density(PatchDensity(1), train)
+    assert seen == [3]
