@@ -67,7 +67,7 @@ class Budget:
     def training_deadline(self, eval_seconds: float | None, after_seconds: float = 0.0) -> float:
         """When training must stop to leave the evaluation (estimated to take
         `eval_seconds`, unknown before the first epoch), the work after it that cannot be
-        scaled down (`after_seconds`: calibration, a spatial model's choice of smoothing)
+        scaled down (`after_seconds`: calibration, a spatial model's choice of its map)
         and the export their time. The evaluation adapts to what it is left, so its share
         is capped; the rest is not, but training keeps at least half of the budget."""
         if not self.bounded:

@@ -13,7 +13,7 @@ resolution, to score uploads for defects (see docs/inspection.md for how it was 
     --batch-size 8           images per step (16 crops)
     --lr 0.002, --warmup-epochs 1, --augment-shift 0 (crops already move)
     --score map              the largest value of the smoothed anomaly map
-    --val-fraction 0.2       enough held-out images to choose the map smoothing on
+    --val-fraction 0.2       enough held-out images to choose the map's mix and smoothing on
                              synthetic defects
     --calibration-fraction 0.1  the threshold's own split: 120 of 1,200 images, more
                              than the 99 a 1% false-alarm rate needs
