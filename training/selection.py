@@ -82,20 +82,20 @@ class Choice:
 @dataclass(frozen=True)
 class Maps:
     head: Tensor  # (N, 1, H, W), unsmoothed
-    rare: Tensor
-    plain: Tensor
+    density: Tensor  # (N, 2, H, W): rare, plain
 
     def smoothed(self, model: SpatialVAE) -> Maps:
-        return Maps(model.smooth(self.head), model.smooth(self.rare), model.smooth(self.plain))
+        rare, plain = self.density.split(1, dim=1)
+        density = torch.cat([model.smooth(rare), model.smooth(plain)], dim=1)
+        return Maps(model.smooth(self.head), density)
 
     def scales(self) -> Scales:
-        return Scales(Scale.of(self.head), Scale.of(self.rare), Scale.of(self.plain))
+        rare, plain = self.density.split(1, dim=1)
+        return Scales(Scale.of(self.head), Scale.of(rare), Scale.of(plain))
 
-    def peaks(self, scales: Scales, share: Share) -> Tensor:
-        rare, plain = share
-        mixed = (1.0 - rare - plain) * scales.head(self.head)
-        mixed = mixed + rare * scales.rare(self.rare) + plain * scales.plain(self.plain)
-        return mixed.flatten(1).amax(1)
+    def peaks(self, model: SpatialVAE) -> Tensor:
+        """The image scores of these (smoothed) maps as mixed by `model`."""
+        return model.mix(self.head, self.density).flatten(1).amax(1)
 
 
 def with_defects(images: Tensor, seed: int) -> Tensor:
@@ -116,8 +116,7 @@ def raw_maps(model: SpatialVAE, images: Tensor) -> Maps:
     for batch in images.split(MAP_BATCH):
         heads.append(model.head_map(batch))
         densities.append(model.density(batch))
-    density = torch.cat(densities)
-    return Maps(torch.cat(heads), density[:, :1], density[:, 1:])
+    return Maps(torch.cat(heads), torch.cat(densities))
 
 
 def choose_map(
@@ -137,8 +136,8 @@ def choose_map(
         smooth_clean, smooth_defective = clean.smoothed(model), defective.smoothed(model)
         scales[sigma] = smooth_clean.scales()
         for share in SHARES:
-            normal = smooth_clean.peaks(scales[sigma], share)
-            anomalous = smooth_defective.peaks(scales[sigma], share)
+            Choice(sigma, share, scales[sigma], table).apply(model)
+            normal, anomalous = smooth_clean.peaks(model), smooth_defective.peaks(model)
             table[(sigma, share)] = auroc(normal, anomalous)
     sigma, share = max(table, key=lambda key: (table[key], key[0], -_largest(key[1])))
     choice = Choice(sigma, share, scales[sigma], table)

@@ -253,17 +253,23 @@ class SpatialVAE(nn.Module):
 
     def evidence(self, x: Tensor) -> Tensor:
         """The three maps, each in units of a clean image's typical peak above its mean
-        pixel, mixed by their shares: (N, 1, H, W), unsmoothed."""
+        pixel, mixed by their shares: (N, 1, H, W), unsmoothed. A map without a share is
+        not computed."""
+        blank = torch.zeros_like(x[:, :1])
+        uses_head = self.rare_share + self.plain_share < 1.0
+        uses_density = self.rare_share > 0.0 or self.plain_share > 0.0
+        head = self.head_map(x) if uses_head else blank
+        density = self.density(x) if uses_density else blank.repeat(1, 2, 1, 1)
+        return self.mix(head, density)
+
+    def mix(self, head: Tensor, density: Tensor) -> Tensor:
+        """The head's map (N, 1, H, W) and the density's two (N, 2, H, W), scaled and
+        mixed by their shares: the one formula training's choice and the artifact use."""
         head_share = 1.0 - self.rare_share - self.plain_share
-        mixed = torch.zeros_like(x[:, :1])
-        if head_share > 0.0:
-            mixed = mixed + head_share * (self.head_map(x) - self.head_centre) / self.head_scale
-        if self.rare_share > 0.0 or self.plain_share > 0.0:
-            density = self.density(x)
-            rare = (density[:, :1] - self.rare_centre) / self.rare_scale
-            plain = (density[:, 1:] - self.plain_centre) / self.plain_scale
-            mixed = mixed + self.rare_share * rare + self.plain_share * plain
-        return mixed
+        mixed = head_share * (head - self.head_centre) / self.head_scale
+        rare = (density[:, :1] - self.rare_centre) / self.rare_scale
+        plain = (density[:, 1:] - self.plain_centre) / self.plain_scale
+        return mixed + self.rare_share * rare + self.plain_share * plain
 
     def smooth(self, maps: Tensor) -> Tensor:
         """Separable Gaussian blur with reflected edges: (N, 1, H, W) -> the same."""
