@@ -55,7 +55,7 @@ def test_the_training_deadline_leaves_the_evaluation_and_export_their_time(clock
 
 
 def test_the_work_after_the_evaluation_is_held_back_whole_but_within_half(clock) -> None:
-    """Calibration and a spatial model's choice of smoothing cannot shrink as the
+    """Calibration and a spatial model's choice of its map cannot shrink as the
     evaluation does: a 1,200-image preset run once overran 14 minutes by 4 for them."""
     budget = Budget(minutes=10.0)
     assert budget.training_deadline(1000.0, 60.0) == clock.now + 600 - 150 - 60 - EXPORT_RESERVE_S
