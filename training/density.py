@@ -20,9 +20,21 @@ patches, so surfaces whose normal patches are often flat do not raise it.
 Evaluated as a convolution: whitening W (W^T W = the inverse covariance) is a conv
 with one output channel per patch dimension, so the squared distance is the sum of
 squares over its channels. No fixed image size; at the exported size and every other.
+
+The rare evidence comes from a mixture of such Gaussians (the patch prior of Zoran and
+Weiss, ICCV 2011, "From learning models of natural image patches to whole image
+restoration"): one Gaussian puts a surface with two kinds of patch (bricks and mortar, a
+part and the table under it) into one ellipsoid, in which a patch that is neither lies
+as near the middle as both do. Each component is one more whitening, so the mixture is
+one convolution with a block of channels per component; its -2 log density is offset
+so that it is never negative and, with one component, is the squared distance itself.
+The plain evidence stays with the one Gaussian: typicality is a statement about a
+Gaussian's shell, and the one Gaussian's mean is what "flat" means for the surface.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -34,6 +46,10 @@ SHRINK = 1e-3  # ridge on the covariance, relative to its mean variance: flat da
 MAX_PATCHES = 1_000_000  # the fit's sample of patches: the covariance is steady long before
 FIT_BATCH = 16
 LEVELS = 1001  # quantiles of the training patches' log distance, for the plain evidence
+COMPONENTS = 16  # Gaussians in the mixture of patches, at most
+MIXTURE_CHANNELS = 1536  # the mixture convolution's width: 8 components for colour patches
+MIXTURE_PATCHES = 100_000  # the mixture's sample: 1,500 patches a component or more
+EM_STEPS = 30
 
 
 class PatchDensity(nn.Module):
@@ -44,12 +60,21 @@ class PatchDensity(nn.Module):
     the training images, never trained, and travel in the exported artifact.
     """
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, components: int | None = None) -> None:
         super().__init__()
         dims = channels * PATCH * PATCH
+        components = components or max(1, min(COMPONENTS, MIXTURE_CHANNELS // dims))
         self.register_buffer("weight", torch.zeros(dims, channels, PATCH, PATCH), False)
         self.register_buffer("bias", torch.zeros(dims), False)
         self.register_buffer("levels", torch.zeros(LEVELS), False)  # sorted log distances
+        # the mixture: a whitening per component, stacked, and log weight - log det / 2,
+        # shifted so that the weights' exponentials sum to 1 (unfitted: all equal)
+        shape = (components * dims, channels, PATCH, PATCH)
+        self.register_buffer("mixture_weight", torch.zeros(shape), False)
+        self.register_buffer("mixture_bias", torch.zeros(components * dims), False)
+        offsets = torch.full((components,), -math.log(components))
+        self.register_buffer("mixture_offset", offsets, False)
+        self.components = components
         self.patch = PATCH
         self.step = STEP
 
@@ -57,8 +82,7 @@ class PatchDensity(nn.Module):
         """Each patch's evidence spread over the STEP x STEP square at its centre; the
         margin no whole patch is centred on repeats its neighbour (never a patch made
         of mirrored pixels, which no training patch was)."""
-        distance = self.distances(x)
-        evidence = torch.cat([distance, self.plainness(distance)], dim=1)
+        evidence = torch.cat([self.rarity(x), self.plainness(self.distances(x))], dim=1)
         reach = self.patch - self.step
         inner = [x.shape[2] - reach, x.shape[3] - reach]
         spread = F.interpolate(evidence, size=inner, mode="bilinear")
@@ -69,6 +93,16 @@ class PatchDensity(nn.Module):
         """Squared Mahalanobis distance of each patch, (N, 1, h, w) on the patch grid."""
         whitened = F.conv2d(x, self.weight, self.bias, stride=self.step)  # type: ignore[arg-type]
         return whitened.pow(2).sum(1, keepdim=True)
+
+    def rarity(self, x: Tensor) -> Tensor:
+        """-2 log of each patch's density under the mixture, offset to be at least 0:
+        (N, 1, h, w) on the patch grid, the squared distance when there is one component."""
+        weight: Tensor = self.mixture_weight  # type: ignore[assignment]
+        offsets: Tensor = self.mixture_offset  # type: ignore[assignment]
+        whitened = F.conv2d(x, weight, self.mixture_bias, stride=self.step)  # type: ignore[arg-type]
+        n, _, h, w = whitened.shape
+        squared = whitened.view(n, self.components, -1, h, w).pow(2).sum(2)
+        return -2.0 * torch.logsumexp(offsets.view(1, -1, 1, 1) - 0.5 * squared, 1, keepdim=True)
 
     def plainness(self, distance: Tensor) -> Tensor:
         """-log of the share of training patches nearer the mean than each patch, and
@@ -116,7 +150,83 @@ def fit_patch_density(density: PatchDensity, images: Tensor, seed: int = 0) -> P
     density.weight = whitening.view(-1, channels, PATCH, PATCH).float()
     density.bias = (-whitening @ mean).float()
     density.levels = _levels(density, images, seed)
+    _fit_mixture(density, images, covariance, seed)
     return density
+
+
+def _fit_mixture(density: PatchDensity, images: Tensor, covariance: Tensor, seed: int) -> None:
+    """Fill the mixture by EM on a sample of the patches; every component's covariance
+    is pulled towards the whole sample's (`covariance`, with its ridge) with the weight of
+    as many patches as it has dimensions, so that a component of few patches stays a
+    proper density."""
+    rows = _sample_patches(images, MIXTURE_PATCHES, seed + 2)
+    prior = covariance.float()
+    means = _initial_means(rows, density.components, seed + 3)
+    responsibility = F.one_hot(torch.cdist(rows, means).argmin(1), len(means)).float()
+    for _ in range(EM_STEPS):
+        weights, means, whitenings = _maximise(rows, responsibility, prior)
+        offsets = weights.log() + whitenings.diagonal(dim1=1, dim2=2).log().sum(1)
+        offsets = offsets - torch.logsumexp(offsets, 0)
+        responsibility = torch.softmax(offsets - 0.5 * _squared(rows, means, whitenings), 1)
+    channels = int(density.weight.shape[1])  # type: ignore[index]
+    density.mixture_weight = whitenings.reshape(-1, channels, PATCH, PATCH).contiguous()
+    density.mixture_bias = -torch.einsum("kde,ke->kd", whitenings, means).flatten()
+    density.mixture_offset = offsets
+
+
+def _maximise(rows: Tensor, responsibility: Tensor, prior: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Weights (K,), means (K, D) and whitenings (K, D, D), W^T W = covariance^-1."""
+    counts = responsibility.sum(0)
+    weights = counts / counts.sum()
+    means = (responsibility.T @ rows) / counts.clamp(min=1e-6)[:, None]
+    dims = rows.shape[1]
+    whitenings = []
+    for k in range(len(counts)):
+        centred = rows - means[k]
+        scatter = (centred * responsibility[:, k : k + 1]).T @ centred
+        covariance = (scatter + dims * prior) / (counts[k] + dims)
+        whitenings.append(torch.linalg.inv(torch.linalg.cholesky(covariance.double())).float())
+    return weights.clamp(min=1e-12), means, torch.stack(whitenings)
+
+
+def _squared(rows: Tensor, means: Tensor, whitenings: Tensor) -> Tensor:
+    """Squared Mahalanobis distance of every row to every component: (n, K)."""
+    return torch.stack(
+        [((rows - m) @ w.T).pow(2).sum(1) for m, w in zip(means, whitenings, strict=True)], 1
+    )
+
+
+def _initial_means(rows: Tensor, count: int, seed: int) -> Tensor:
+    """k-means++ seeds, then a few rounds of k-means, on a sample of the rows."""
+    generator = torch.Generator().manual_seed(seed)
+    sample = rows[torch.randperm(len(rows), generator=generator)[:20_000]]
+    chosen = [sample[int(torch.randint(len(sample), (1,), generator=generator))]]
+    for _ in range(count - 1):
+        nearest = torch.cdist(sample, torch.stack(chosen)).amin(1).pow(2)
+        if float(nearest.sum()) <= 0.0:  # fewer distinct patches than components
+            nearest = torch.ones_like(nearest)
+        chosen.append(sample[int(torch.multinomial(nearest, 1, generator=generator))])
+    means = torch.stack(chosen)
+    for _ in range(10):
+        nearest = torch.cdist(sample, means).argmin(1)
+        members = [sample[nearest == k] for k in range(count)]
+        means = torch.stack([m.mean(0) if len(m) else means[k] for k, m in enumerate(members)])
+    return means
+
+
+def _sample_patches(images: Tensor, count: int, seed: int) -> Tensor:
+    """`count` patches of `images` drawn at random (all of them if fewer): (n, D) float."""
+    generator = torch.Generator().manual_seed(seed)
+    per_image = _positions(images.shape[2]) * _positions(images.shape[3])
+    keep = min(1.0, count / max(1, per_image * len(images)))
+    rows = []
+    for batch in images.split(FIT_BATCH):
+        columns = F.unfold(batch.float(), PATCH, stride=STEP)
+        batch_rows = columns.permute(0, 2, 1).reshape(-1, columns.shape[1])
+        if keep < 1.0:
+            batch_rows = batch_rows[torch.rand(len(batch_rows), generator=generator) < keep]
+        rows.append(batch_rows)
+    return torch.cat(rows)
 
 
 @torch.no_grad()
