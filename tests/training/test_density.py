@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
 
@@ -77,8 +78,8 @@ def test_the_levels_are_the_training_patches_log_distances_in_order():
     assert abs(float((logs < median).float().mean()) - 0.5) < 0.01
 
 
-def test_a_flat_disk_in_the_texture_is_plain_not_rare():
-    model = fitted()
+def test_a_flat_disk_in_the_texture_is_plain_and_not_rare_to_one_gaussian():
+    model = fit_patch_density(PatchDensity(1, components=1), texture(48, seed=0))
     clean = texture(24, seed=2)
     flat = clean.clone()
     yy, xx = torch.meshgrid(torch.arange(40), torch.arange(56), indexing="ij")
@@ -89,6 +90,9 @@ def test_a_flat_disk_in_the_texture_is_plain_not_rare():
     centre = defective[:, :, 18:23, 26:31]  # patches wholly inside the disk
     assert float(centre[:, 1].min()) > float(normal[:, 1].max())  # plain
     assert float(centre[:, 0].max()) < float(normal[:, 0].mean())  # and not rare
+    mixture = fitted()  # the mixture's components hug the stripes: the disk is rare there
+    with torch.inference_mode():
+        assert float(mixture(flat)[:, 0, 18:23, 26:31].min()) > float(mixture(clean)[:, 0].max())
 
 
 def test_a_thin_crack_in_the_texture_lights_up_where_it_is():
@@ -128,3 +132,59 @@ def test_the_levels_of_many_images_come_from_as_many_as_hold_the_patch_budget(mo
     monkeypatch.setattr(PatchDensity, "distances", lambda m, x: seen.append(len(x)) or real(m, x))
     fit_patch_density(PatchDensity(1), train)
     assert seen == [3]
+
+
+def two_tones(count: int, seed: int) -> torch.Tensor:
+    """Normal images of two kinds of surface: dark or bright blocks of 16 px, noisy."""
+    generator = torch.Generator().manual_seed(seed)
+    tones = torch.rand(count, 1, 3, 4, generator=generator) < 0.5
+    blocks = F.interpolate(0.2 + 0.6 * tones.float(), scale_factor=16.0, mode="nearest")
+    return (blocks + 0.03 * torch.randn(blocks.shape, generator=generator)).clamp(0, 1)
+
+
+def test_with_one_component_the_rare_evidence_is_the_squared_distance():
+    train = texture(48, seed=0)
+    model = fit_patch_density(PatchDensity(1, components=1), train)
+    x = texture(3, seed=1)
+    with torch.inference_mode():
+        rarity, distance = model.rarity(x), model.distances(x)
+    assert torch.allclose(rarity, distance, rtol=0.02, atol=0.5)
+
+
+def test_a_tone_between_two_kinds_of_surface_is_rare_for_the_mixture_not_for_one_gaussian():
+    train = two_tones(64, seed=0)
+    mixture = fit_patch_density(PatchDensity(1), train)
+    single = fit_patch_density(PatchDensity(1, components=1), train)
+    clean = two_tones(16, seed=1)
+    grey = clean.clone()
+    grey[:, :, 12:36, 12:36] = 0.5  # the mean of the two tones: the one Gaussian's middle
+    masks = torch.zeros(16, 48, 64, dtype=torch.bool)
+    masks[:, 12:36, 12:36] = True
+
+    def separation(model: PatchDensity) -> float:
+        with torch.inference_mode():
+            normal, defective = model(clean)[:, 0], model(grey)[:, 0]
+        return auroc(normal.flatten(), defective[masks].flatten())
+
+    assert separation(mixture) > 0.99
+    assert separation(single) < 0.6
+
+
+def test_the_mixture_is_never_negative_and_has_fewer_components_for_colour():
+    model = fit_patch_density(PatchDensity(1), two_tones(32, seed=0))
+    assert model.components == density_module.COMPONENTS
+    with torch.inference_mode():
+        assert float(model.rarity(two_tones(4, seed=1)).min()) >= 0.0
+        assert float(model.rarity(torch.rand(4, 1, 48, 64)).min()) >= 0.0
+    assert float(torch.logsumexp(model.mixture_offset, 0)) == pytest.approx(0.0, abs=1e-5)
+    colour = PatchDensity(3)
+    assert colour.components * 3 * PATCH * PATCH <= density_module.MIXTURE_CHANNELS
+    assert colour.mixture_weight.shape == (colour.components * 3 * PATCH * PATCH, 3, PATCH, PATCH)
+
+
+def test_the_mixture_fits_images_with_fewer_distinct_patches_than_components():
+    flat = torch.full((4, 1, 16, 16), 0.5)
+    model = fit_patch_density(PatchDensity(1), flat)
+    with torch.inference_mode():
+        evidence = model(flat)
+    assert bool(evidence.isfinite().all())
