@@ -31,7 +31,7 @@ from training.calibrate import calibrate, calibration_advice, score_images
 from training.config import DEFAULT_WORK_SIDE, TrainConfig
 from training.data import load_images, native_size
 from training.dataset import ImageSet, fingerprint, hold_out, select_classes
-from training.density import fit_patch_density
+from training.density import PATCH, PatchDensity, fit_patch_density
 from training.distributed import ALONE, World
 from training.errors import ConfigError, DataError
 from training.export import build_metadata, export_artifact
@@ -205,7 +205,27 @@ def fit(
     if advice:
         log(advice)
     model_config = config.model_config(data.train.channels, data.work_size)
-    return train(config, model_config, data.train, data.val, data.fingerprint, log, world, budget)
+    density = _fit_density(config, data, log) if world.is_main else None
+    result = train(config, model_config, data.train, data.val, data.fingerprint, log, world, budget)
+    if density is not None and isinstance(result.model, SpatialVAE):
+        result.model.density = density.to(next(result.model.parameters()).device)
+    return result
+
+
+def _fit_density(config: TrainConfig, data: PreparedData, log: Log) -> PatchDensity | None:
+    """A spatial model's patch density, fitted on the training images before training:
+    its time then comes out of the training's share of the budget, as it should, with
+    nothing to estimate (it depends on the images only, never on the weights)."""
+    if config.architecture != "spatial":
+        return None
+    started = time.monotonic()
+    density = fit_patch_density(PatchDensity(data.train.channels), data.train.images, config.seed)
+    log(
+        f"patch density: one Gaussian and a mixture of {density.components} of the "
+        f"training images' {PATCH}x{PATCH} patches, fitted in "
+        f"{format_seconds(time.monotonic() - started)}"
+    )
+    return density
 
 
 def measure(
@@ -299,10 +319,9 @@ def _compose_map(
     metrics: dict[str, float],
     log: Log,
 ) -> tuple[ModelConfig, dict[str, float]]:
-    """Fit the patch density on the training images, then choose the map's smoothing
-    (unless --map-sigma is given) and the shares of the map head's and the density's
-    evidence on the validation images with synthetic defects."""
-    fit_patch_density(model.density, data.train.images, config.seed)
+    """Choose the map's smoothing (unless --map-sigma is given) and the shares of the map
+    head's and the patch density's evidence (fitted before training) on the validation
+    images with synthetic defects."""
     sigmas = SIGMAS if config.map_sigma is None else (config.map_sigma,)
     choice = choose_map(model, data.val.images, config.seed, sigmas)
     rare, plain = choice.share

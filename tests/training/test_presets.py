@@ -75,7 +75,9 @@ TINY_INSPECTION = [
 ]  # fmt: skip
 
 
-def test_the_inspection_preset_trains_and_exports_a_full_resolution_detector(tmp_path: Path):
+def test_the_inspection_preset_trains_and_exports_a_full_resolution_detector(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
     rng = np.random.default_rng(0)
     folder = tmp_path / "parts"
     folder.mkdir()
@@ -94,6 +96,9 @@ def test_the_inspection_preset_trains_and_exports_a_full_resolution_detector(tmp
     shares = (metadata.metrics["rare_share"], metadata.metrics["plain_share"])
     assert shares in SHARES
     assert float(module.density.weight.abs().sum()) > 0  # fitted on the training images
+    assert float(module.density.mixture_weight.abs().sum()) > 0
+    printed = capsys.readouterr().out
+    assert 0 <= printed.index("patch density: ") < printed.index("epoch 1/")  # before training
     x = torch.rand(2, 1, 40, 56)
     assert module.anomaly_map(x).shape == (2, 1, 40, 56)
     assert metadata.latent_dim == 8 * 10 * 14
