@@ -339,6 +339,7 @@ def _compose_map(
         "rare_share": rare,
         "plain_share": plain,
         "val_synthetic_auroc": choice.best,
+        "patch_components": float(model.density.components),
     }
     return replace(model_config, map_sigma=choice.sigma), metrics | chosen
 

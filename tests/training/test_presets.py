@@ -8,6 +8,7 @@ from PIL import Image
 from app.artifact import load_artifact
 from training.cli import build_parser, main
 from training.config import TrainConfig
+from training.density import COMPONENTS
 from training.errors import ConfigError
 from training.flags import config_from_args, explicit_flags
 from training.pipeline import working_size
@@ -97,6 +98,7 @@ def test_the_inspection_preset_trains_and_exports_a_full_resolution_detector(
     assert shares in SHARES
     assert float(module.density.weight.abs().sum()) > 0  # fitted on the training images
     assert float(module.density.mixture_weight.abs().sum()) > 0
+    assert metadata.metrics["patch_components"] == module.density.components == COMPONENTS
     printed = capsys.readouterr().out
     assert 0 <= printed.index("patch density: ") < printed.index("epoch 1/")  # before training
     x = torch.rand(2, 1, 40, 56)
