@@ -35,6 +35,7 @@ Gaussian's shell, and the one Gaussian's mean is what "flat" means for the surfa
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -119,17 +120,10 @@ class PatchDensity(nn.Module):
 def patch_moments(images: Tensor, seed: int) -> tuple[Tensor, Tensor]:
     """Mean (D,) and covariance (D, D), in float64, of patches of `images` (N, C, H, W)
     at every position, or a random sample of `MAX_PATCHES` of them."""
-    per_image = _positions(images.shape[2]) * _positions(images.shape[3])
-    keep = min(1.0, MAX_PATCHES / max(1, per_image * len(images)))
-    generator = torch.Generator().manual_seed(seed)
     total = torch.zeros((), dtype=torch.float64)
     first: Tensor | None = None
     second: Tensor | None = None
-    for batch in images.split(FIT_BATCH):
-        columns = F.unfold(batch.double(), PATCH, stride=STEP)  # (n, D, P)
-        rows = columns.permute(0, 2, 1).reshape(-1, columns.shape[1])
-        if keep < 1.0:
-            rows = rows[torch.rand(len(rows), generator=generator) < keep]
+    for rows in _patch_rows(images, MAX_PATCHES, seed, torch.float64):
         first = rows.sum(0) if first is None else first + rows.sum(0)
         second = rows.T @ rows if second is None else second + rows.T @ rows
         total = total + len(rows)
@@ -216,18 +210,20 @@ def _initial_means(rows: Tensor, count: int, seed: int) -> Tensor:
 
 
 def _sample_patches(images: Tensor, count: int, seed: int) -> Tensor:
-    """`count` patches of `images` drawn at random (all of them if fewer): (n, D) float."""
+    """About `count` patches of `images` drawn at random (all if fewer): (n, D) float32."""
+    return torch.cat(list(_patch_rows(images, count, seed, torch.float32)))
+
+
+def _patch_rows(images: Tensor, count: int, seed: int, dtype: torch.dtype) -> Iterator[Tensor]:
+    """The patches of `images` (N, C, H, W), a batch of images at a time as rows (n, D),
+    each kept at random with the chance that keeps about `count` of them in all."""
     generator = torch.Generator().manual_seed(seed)
     per_image = _positions(images.shape[2]) * _positions(images.shape[3])
     keep = min(1.0, count / max(1, per_image * len(images)))
-    rows = []
     for batch in images.split(FIT_BATCH):
-        columns = F.unfold(batch.float(), PATCH, stride=STEP)
-        batch_rows = columns.permute(0, 2, 1).reshape(-1, columns.shape[1])
-        if keep < 1.0:
-            batch_rows = batch_rows[torch.rand(len(batch_rows), generator=generator) < keep]
-        rows.append(batch_rows)
-    return torch.cat(rows)
+        columns = F.unfold(batch.to(dtype), PATCH, stride=STEP)  # (n, D, P)
+        rows = columns.permute(0, 2, 1).reshape(-1, columns.shape[1])
+        yield rows[torch.rand(len(rows), generator=generator) < keep] if keep < 1.0 else rows
 
 
 @torch.no_grad()
