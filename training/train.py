@@ -39,10 +39,10 @@ if TYPE_CHECKING:
     from training.model import AnyVAE
 
 
-# a spatial model's anomaly map (its VAE and map head at the working size) against one
-# validation row (an encode and a decode with its likelihood), with room for the defects
-# that the smoothing's choice draws
-MAP_ROWS = 3.0
+# a spatial model's anomaly map (its VAE, map head and patch mixture at the working size)
+# against one validation row (an encode and a decode with its likelihood), with room for
+# the defects that the smoothing's choice draws
+MAP_ROWS = 4.0
 
 
 @dataclass
