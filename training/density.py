@@ -57,7 +57,7 @@ class PatchDensity(nn.Module):
     """Per pixel, two channels: the rare and the plain evidence of the patches there.
 
     Until `fit_patch_density` fills it, the whitening is zero: every distance is 0.
-    Its tensors are buffers outside the state dict: they are fitted after training from
+    Its tensors are buffers outside the state dict: they are fitted (before training) from
     the training images, never trained, and travel in the exported artifact.
     """
 

@@ -154,7 +154,7 @@ class SpatialVAE(nn.Module):
         self.encoder = SpatialEncoder(config)
         self.decoder = SpatialDecoder(config)
         self.map_head = MapHead(config)
-        self.density = PatchDensity(config.channels)  # fitted after training
+        self.density = PatchDensity(config.channels)  # fitted by the pipeline, from the images
         self.log_sigma = nn.Parameter(torch.full((), -2.0))
         # How the map head's and the patch density's evidence make one map, all chosen
         # after training (`training.selection`): the smoothing in px, each map's centre
