@@ -79,11 +79,15 @@ class PatchDensity(nn.Module):
         self.patch = PATCH
         self.step = STEP
 
-    def forward(self, x: Tensor) -> Tensor:  # (N, C, H, W) -> (N, 2, H, W)
+    def forward(self, x: Tensor, rare: bool = True) -> Tensor:  # (N, C, H, W) -> (N, 2, H, W)
         """Each patch's evidence spread over the STEP x STEP square at its centre; the
         margin no whole patch is centred on repeats its neighbour (never a patch made
-        of mirrored pixels, which no training patch was)."""
-        evidence = torch.cat([self.rarity(x), self.plainness(self.distances(x))], dim=1)
+        of mirrored pixels, which no training patch was). With `rare` false the rare
+        channel is 0: the mixture is most of the cost, and a map without a share for it
+        need not pay it."""
+        plain = self.plainness(self.distances(x))
+        rarity = self.rarity(x) if rare else torch.zeros_like(plain)
+        evidence = torch.cat([rarity, plain], dim=1)
         reach = self.patch - self.step
         inner = [x.shape[2] - reach, x.shape[3] - reach]
         spread = F.interpolate(evidence, size=inner, mode="bilinear")
@@ -158,11 +162,10 @@ def _fit_mixture(density: PatchDensity, images: Tensor, covariance: Tensor, seed
     ridge = SHRINK * float(covariance.diagonal().mean().clamp(min=1e-12))
     means = _initial_means(rows, density.components, seed + 3)
     responsibility = F.one_hot(torch.cdist(rows, means).argmin(1), len(means)).float()
-    for _ in range(EM_STEPS):
-        weights, means, whitenings = _maximise(rows, responsibility, ridge)
-        offsets = weights.log() + whitenings.diagonal(dim1=1, dim2=2).log().sum(1)
-        offsets = offsets - torch.logsumexp(offsets, 0)
+    offsets, means, whitenings = _maximise(rows, responsibility, ridge)
+    for _ in range(EM_STEPS - 1):
         responsibility = torch.softmax(offsets - 0.5 * _squared(rows, means, whitenings), 1)
+        offsets, means, whitenings = _maximise(rows, responsibility, ridge)
     channels = int(density.weight.shape[1])  # type: ignore[index]
     density.mixture_weight = whitenings.reshape(-1, channels, PATCH, PATCH).contiguous()
     density.mixture_bias = -torch.einsum("kde,ke->kd", whitenings, means).flatten()
@@ -170,7 +173,8 @@ def _fit_mixture(density: PatchDensity, images: Tensor, covariance: Tensor, seed
 
 
 def _maximise(rows: Tensor, responsibility: Tensor, ridge: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Weights (K,), means (K, D) and whitenings (K, D, D), W^T W = covariance^-1."""
+    """Offsets (K,): log weight - log det / 2, shifted so that their exponentials sum to
+    1; means (K, D); whitenings (K, D, D), W^T W = covariance^-1."""
     counts = responsibility.sum(0)
     weights = counts / counts.sum()
     means = (responsibility.T @ rows) / counts.clamp(min=1e-6)[:, None]
@@ -181,7 +185,9 @@ def _maximise(rows: Tensor, responsibility: Tensor, ridge: float) -> tuple[Tenso
         scatter = (centred * responsibility[:, k : k + 1]).T @ centred
         covariance = scatter / counts[k].clamp(min=1e-6) + diagonal
         whitenings.append(torch.linalg.inv(torch.linalg.cholesky(covariance.double())).float())
-    return weights.clamp(min=1e-12), means, torch.stack(whitenings)
+    stacked = torch.stack(whitenings)
+    offsets = weights.clamp(min=1e-12).log() + stacked.diagonal(dim1=1, dim2=2).log().sum(1)
+    return offsets - torch.logsumexp(offsets, 0), means, stacked
 
 
 def _squared(rows: Tensor, means: Tensor, whitenings: Tensor) -> Tensor:

@@ -259,7 +259,8 @@ class SpatialVAE(nn.Module):
         uses_head = self.rare_share + self.plain_share < 1.0
         uses_density = self.rare_share > 0.0 or self.plain_share > 0.0
         head = self.head_map(x) if uses_head else blank
-        density = self.density(x) if uses_density else blank.repeat(1, 2, 1, 1)
+        rare = self.rare_share > 0.0
+        density = self.density(x, rare) if uses_density else blank.repeat(1, 2, 1, 1)
         return self.mix(head, density)
 
     def mix(self, head: Tensor, density: Tensor) -> Tensor:
