@@ -4,6 +4,8 @@
                every other digit against its held-out images (see `training.anomaly`)
     textures   the texture benchmark: defects on real surfaces with pixel masks, the
                inspection preset against baselines (see `training.textures`)
+    parts      the parts benchmark: the same on aligned views of an object, as a camera
+               over a fixture sees them (see `training.parts`)
     artifact   negative ELBO, IWAE -log p(x) and the flagged share of an exported
                artifact, computed by the artifact's own methods, on any data source
     samples    sample quality of an artifact (`training.samples`): from N(0, I), from
@@ -18,7 +20,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import get_args
 
@@ -36,11 +38,12 @@ from training.dataset import ImageSet, select_classes, split
 from training.errors import ConfigError, TrainingError
 from training.metrics import chunk_rows
 from training.model import ScoreKind
+from training.parts import PARTS, build_part_set
 from training.pipeline import write_json
 from training.prior import encoder_means, fit_mixture, mixture_prior
 from training.samples import PriorFn, draw_samples, features, frechet_distance, sample_quality
-from training.texture_report import markdown, run_textures, write_report
-from training.textures import TEXTURES
+from training.texture_report import TextureRun, markdown, run_textures, write_report
+from training.textures import TEXTURES, TextureSet, build_texture_set
 
 SAMPLES_EXAMPLE = """example:
   python -m training.evaluate samples models/mnist --grid docs/samples
@@ -116,35 +119,26 @@ def build_parser() -> flags.Parser:
     )
     textures.add_argument(
         "--textures",
-        type=texture_list,
+        type=name_list(TEXTURES, "textures"),
         default=",".join(TEXTURES),
         help="scikit-image photographs to use",
     )
-    textures.add_argument(
-        "--max-minutes",
-        type=float,
-        default=60.0,
-        help="a safety cap on each model's run: the runs are bounded by epochs, so that the "
-        "figures do not depend on how busy the machine is",
+    _add_benchmark_flags(textures, "runs/textures")
+    parts = commands.add_parser(
+        "parts",
+        help="the parts benchmark: defects on aligned views of an object, against baselines",
+        description="Per photograph: train the inspection preset and the baselines on views "
+        "of it\nshifted, turned and relit a little, as a part in a fixture is; score new "
+        "views\nwith and without synthetic defects.",
+        formatter_class=flags.HelpFormatter,
     )
-    textures.add_argument(
-        "--epochs", type=int, default=20, help="the inspection model's epochs (at most)"
+    parts.add_argument(
+        "--parts",
+        type=name_list(PARTS, "parts"),
+        default=",".join(PARTS),
+        help="scikit-image photographs to use",
     )
-    textures.add_argument(
-        "--whole-epochs", type=int, default=20, help="the whole-image VAE's epochs"
-    )
-    textures.add_argument("--work-dir", default="runs/textures", help="runs and artifacts")
-    textures.add_argument(
-        "--reuse",
-        action="store_true",
-        help="use again what an earlier run left in --work-dir: the whole-image VAE's "
-        "artifacts are scored as they are, the inspection runs resume from their last "
-        "checkpoints (what happens after training, the map, the calibration and the "
-        "export, is redone on the same weights)",
-    )
-    textures.add_argument(
-        "--report-dir", default="docs", help="where textures.md, .json and .png are written"
-    )
+    _add_benchmark_flags(parts, "runs/parts")
     artifact = commands.add_parser(
         "artifact",
         help="likelihood metrics of an exported artifact",
@@ -207,22 +201,74 @@ def build_parser() -> flags.Parser:
     return parser
 
 
-def texture_list(text: str) -> tuple[str, ...]:
-    names = tuple(part.strip() for part in text.split(",") if part.strip())
-    unknown = [name for name in names if name not in TEXTURES]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"textures are {', '.join(TEXTURES)}; got {text!r}")
-    return names
+def _add_benchmark_flags(parser: argparse.ArgumentParser, work_dir: str) -> None:
+    """The flags the texture and the parts benchmarks share."""
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        default=60.0,
+        help="a safety cap on each model's run: the runs are bounded by epochs, so that the "
+        "figures do not depend on how busy the machine is",
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=20, help="the inspection model's epochs (at most)"
+    )
+    parser.add_argument("--whole-epochs", type=int, default=20, help="the whole-image VAE's epochs")
+    parser.add_argument("--work-dir", default=work_dir, help="runs and artifacts")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="use again what an earlier run left in --work-dir: the whole-image VAE's "
+        "artifacts are scored as they are, the inspection runs resume from their last "
+        "checkpoints (what happens after training, the map, the calibration and the "
+        "export, is redone on the same weights)",
+    )
+    parser.add_argument(
+        "--report-dir",
+        default="docs",
+        help=f"where {parser.prog.split()[-1]}.md, .json and .png are written, after each set",
+    )
+
+
+def name_list(known: tuple[str, ...], what: str) -> Callable[[str], tuple[str, ...]]:
+    """An argparse type: a comma-separated choice of `known` names."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(part.strip() for part in text.split(",") if part.strip())
+        if not names or any(name not in known for name in names):
+            raise argparse.ArgumentTypeError(f"{what} are {', '.join(known)}; got {text!r}")
+        return names
+
+    return parse
 
 
 def textures_command(args: argparse.Namespace) -> None:
+    _benchmark(args, args.textures, "textures", build_texture_set, "held-out region")
+
+
+def parts_command(args: argparse.Namespace) -> None:
+    _benchmark(args, args.parts, "parts", build_part_set, "test views")
+
+
+def _benchmark(
+    args: argparse.Namespace,
+    names: tuple[str, ...],
+    stem: str,
+    build: Callable[[str], TextureSet],
+    held_out: str,
+) -> None:
     inspection = {"epochs": args.epochs, "max_minutes": args.max_minutes}
     whole = {"epochs": args.whole_epochs, "max_minutes": args.max_minutes}
-    runs = run_textures(args.textures, Path(args.work_dir), inspection, whole, reuse=args.reuse)
-    settings = {"inspection": inspection, "whole_image": whole, "textures": list(args.textures)}
-    report = write_report(runs, Path(args.report_dir), settings)
-    print(markdown(runs))
-    print(f"report: {report}/textures.md, textures.json, textures.png")
+    settings = {"inspection": inspection, "whole_image": whole, stem: list(names)}
+
+    def report(runs: list[TextureRun]) -> Path:
+        return write_report(runs, Path(args.report_dir), settings, stem, held_out)
+
+    runs = run_textures(
+        names, Path(args.work_dir), inspection, whole, reuse=args.reuse, build=build, done=report
+    )
+    print(markdown(runs, held_out))
+    print(f"report: {args.report_dir}/{stem}.md, {stem}.json, {stem}.png")
 
 
 def anomaly_command(args: argparse.Namespace) -> None:
@@ -353,6 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {
         "anomaly": anomaly_command,
         "textures": textures_command,
+        "parts": parts_command,
         "artifact": artifact_command,
         "samples": samples_command,
     }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -89,9 +90,10 @@ def run_texture(
     log: Log = print,
     isolated_check: bool = True,
     reuse: bool = False,
+    build: Callable[[str], TextureSet] = build_texture_set,
 ) -> TextureRun:
     started = time.monotonic()
-    data = build_texture_set(name)
+    data = build(name)
     log(
         f"--- {name}: {len(data.train)} training crops, {len(data.normal)} normal and "
         f"{len(data.defective)} defective test crops ---"
@@ -173,8 +175,9 @@ def _examples(data: TextureSet, scores: Scores) -> np.ndarray:
     return (np.concatenate(rows, axis=0) * 255).round().astype(np.uint8)
 
 
-def markdown(runs: list[TextureRun]) -> str:
-    """The summary table (image and pixel AUROC per method), then per defect kind."""
+def markdown(runs: list[TextureRun], held_out: str = "held-out region") -> str:
+    """The summary table (image and pixel AUROC per method), then per defect kind;
+    `held_out` names the normal test images in the last column's head."""
     methods = [r.method for r in runs[0].results]
     head = "| texture | " + " | ".join(f"{m} image / pixel" for m in methods) + " |"
     lines = [head, "|---|" + "---:|" * len(methods)]
@@ -195,7 +198,7 @@ def markdown(runs: list[TextureRun]) -> str:
         "",
         "| texture | "
         + " | ".join(KINDS)
-        + " | recall | false alarms, fresh | false alarms, held-out region |",
+        + f" | recall | false alarms, fresh | false alarms, {held_out} |",
         "|---|" + "---:|" * (len(KINDS) + 3),
     ]
     for run in runs:
@@ -220,19 +223,26 @@ def _percent(rate: float | None) -> str:
     return "" if rate is None else f"{100 * rate:.1f}%"
 
 
-def write_report(runs: list[TextureRun], directory: Path, settings: dict[str, Any]) -> Path:
+def write_report(
+    runs: list[TextureRun],
+    directory: Path,
+    settings: dict[str, Any],
+    stem: str = "textures",
+    held_out: str = "held-out region",
+) -> Path:
+    """`stem`.md, .json and .png under `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "textures.md").write_text(markdown(runs) + "\n")
+    (directory / f"{stem}.md").write_text(markdown(runs, held_out) + "\n")
     payload = {
         "settings": settings,
-        "textures": {
+        stem: {
             run.texture: {"seconds": run.seconds, "results": [asdict(r) for r in run.results]}
             for run in runs
         },
     }
-    (directory / "textures.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (directory / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
     figure = np.concatenate([run.examples for run in runs], axis=1)
-    Image.fromarray(figure).save(directory / "textures.png")
+    Image.fromarray(figure).save(directory / f"{stem}.png")
     return directory
 
 
@@ -243,5 +253,13 @@ def run_textures(
     whole: dict[str, Any],
     log: Log = print,
     reuse: bool = False,
+    build: Callable[[str], TextureSet] = build_texture_set,
+    done: Callable[[list[TextureRun]], object] = lambda runs: None,
 ) -> list[TextureRun]:
-    return [run_texture(name, work_dir, inspection, whole, log, reuse=reuse) for name in names]
+    """Each set in turn; `done` sees the runs so far after each, so that a long run
+    interrupted part way still leaves a report of what it finished."""
+    runs: list[TextureRun] = []
+    for name in names:
+        runs.append(run_texture(name, work_dir, inspection, whole, log, reuse=reuse, build=build))
+        done(runs)
+    return runs
