@@ -45,6 +45,7 @@ from training.metrics import (
     plan_evaluation,
 )
 from training.model import VAE, ModelConfig
+from training.place import PlaceDensity, fit_place_density
 from training.prior import fit_sampling_prior
 from training.progress import ProgressMeter
 from training.samples import draw_samples, features, frechet_distance, sample_quality
@@ -205,27 +206,43 @@ def fit(
     if advice:
         log(advice)
     model_config = config.model_config(data.train.channels, data.work_size)
-    density = _fit_density(config, data, log) if world.is_main else None
+    densities = _fit_densities(config, data, log) if world.is_main else None
     result = train(config, model_config, data.train, data.val, data.fingerprint, log, world, budget)
-    if density is not None and isinstance(result.model, SpatialVAE):
-        result.model.density = density.to(next(result.model.parameters()).device)
+    if densities is not None and isinstance(result.model, SpatialVAE):
+        device = next(result.model.parameters()).device
+        result.model.density = densities[0].to(device)
+        result.model.place = densities[1].to(device)
     return result
 
 
-def _fit_density(config: TrainConfig, data: PreparedData, log: Log) -> PatchDensity | None:
-    """A spatial model's patch density, fitted on the training images before training:
-    its time then comes out of the training's share of the budget, as it should, with
-    nothing to estimate (it depends on the images only, never on the weights)."""
+def _fit_densities(
+    config: TrainConfig, data: PreparedData, log: Log
+) -> tuple[PatchDensity, PlaceDensity] | None:
+    """A spatial model's patch density and density per place, fitted on the training
+    images before training: their time then comes out of the training's share of the
+    budget, as it should, with nothing to estimate (they depend on the images only,
+    never on the weights)."""
     if config.architecture != "spatial":
         return None
     started = time.monotonic()
-    density = fit_patch_density(PatchDensity(data.train.channels), data.train.images, config.seed)
+    images = data.train.images
+    density = fit_patch_density(PatchDensity(data.train.channels), images, config.seed)
+    place = fit_place_density(PlaceDensity(data.train.channels), images)
     log(
         f"patch density: one Gaussian and a mixture of {density.components} of the "
-        f"training images' {PATCH}x{PATCH} patches, fitted in "
+        f"training images' {PATCH}x{PATCH} patches, and a Gaussian per place, fitted in "
         f"{format_seconds(time.monotonic() - started)}"
     )
-    return density
+    return density, place
+
+
+# each map alone, for the log line of the choice
+ALONE_SHARES = {
+    "map head": (0.0, 0.0, 0.0),
+    "rare": (1.0, 0.0, 0.0),
+    "plain": (0.0, 1.0, 0.0),
+    "place": (0.0, 0.0, 1.0),
+}
 
 
 def measure(
@@ -324,20 +341,22 @@ def _compose_map(
     images with synthetic defects."""
     sigmas = SIGMAS if config.map_sigma is None else (config.map_sigma,)
     choice = choose_map(model, data.val.images, config.seed, sigmas)
-    rare, plain = choice.share
+    rare, plain, place = choice.share
     alone = ", ".join(
         f"{name} alone {100 * choice.auroc[(choice.sigma, share)]:.1f}%"
-        for name, share in (("map head", (0.0, 0.0)), ("rare", (1.0, 0.0)), ("plain", (0.0, 1.0)))
+        for name, share in ALONE_SHARES.items()
     )
     log(
-        f"anomaly map: smoothing {choice.sigma:g} px, shares: map head {1 - rare - plain:g}, "
-        f"rare patches {rare:g}, plain patches {plain:g} (validation AUROC on synthetic "
-        f"defects {100 * choice.best:.1f}%; {alone})"
+        f"anomaly map: smoothing {choice.sigma:g} px, shares: map head "
+        f"{1 - rare - plain - place:g}, rare patches {rare:g}, plain patches {plain:g}, "
+        f"place {place:g} (validation AUROC on synthetic defects {100 * choice.best:.1f}%; "
+        f"{alone})"
     )
     chosen = {
         "map_sigma": choice.sigma,
         "rare_share": rare,
         "plain_share": plain,
+        "place_share": place,
         "val_synthetic_auroc": choice.best,
         "patch_components": float(model.density.components),
     }

@@ -4,9 +4,9 @@ Users have normal images only. After training, the spatial model's map is put to
 on the validation split: one synthetic defect (`training.defects`, the kinds in turn) is
 drawn on each validation image, and the setting whose image score separates the
 defective copies from the clean images best (AUROC) is kept: the smoothing, and how
-much of the map comes from the map head and how much from the patch density's rare and
-plain evidence (`training.density`), each map first scaled so that a clean image's
-typical peak is 1.
+much of the map comes from the map head, how much from the patch density's rare and
+plain evidence (`training.density`) and how much from the density per place
+(`training.place`), each map first scaled so that a clean image's typical peak is 1.
 The validation split never trains the weights and is not the calibration split, so the
 threshold is still set on images nothing was chosen on.
 """
@@ -25,14 +25,17 @@ from training.spatial import SpatialVAE
 
 SIGMAS = (1.0, 2.0, 4.0, 8.0)  # px at the working resolution
 STEPS = 4  # shares in quarters
-# (rare, plain) shares of the map; the map head has the rest
+# (rare, plain, place) shares of the map; the map head has the rest
 SHARES = tuple(
-    (rare / STEPS, plain / STEPS) for rare in range(STEPS + 1) for plain in range(STEPS + 1 - rare)
+    (rare / STEPS, plain / STEPS, place / STEPS)
+    for rare in range(STEPS + 1)
+    for plain in range(STEPS + 1 - rare)
+    for place in range(STEPS + 1 - rare - plain)
 )
-Share = tuple[float, float]
+Share = tuple[float, float, float]
 MAP_BATCH = 8
-# validation pixels a map may hold: six maps and their smoothed copies stay near 3 GB
-SELECTION_PIXELS = 1 << 26
+# validation pixels a map may hold: eight maps and their smoothed copies stay near 3 GB
+SELECTION_PIXELS = 3 << 24
 
 
 @dataclass(frozen=True)
@@ -57,21 +60,23 @@ class Scales:
     head: Scale
     rare: Scale
     plain: Scale
+    place: Scale
 
 
 @dataclass(frozen=True)
 class Choice:
     sigma: float
-    share: Share  # (rare, plain)
+    share: Share  # (rare, plain, place)
     scales: Scales
     auroc: dict[tuple[float, Share], float]  # (smoothing, share) -> AUROC, synthetic defects
 
     def apply(self, model: SpatialVAE) -> SpatialVAE:
         model.map_sigma = self.sigma
-        model.rare_share, model.plain_share = self.share
+        model.rare_share, model.plain_share, model.place_share = self.share
         model.head_centre, model.head_scale = self.scales.head.centre, self.scales.head.scale
         model.rare_centre, model.rare_scale = self.scales.rare.centre, self.scales.rare.scale
         model.plain_centre, model.plain_scale = self.scales.plain.centre, self.scales.plain.scale
+        model.place_centre, model.place_scale = self.scales.place.centre, self.scales.place.scale
         return model
 
     @property
@@ -83,19 +88,20 @@ class Choice:
 class Maps:
     head: Tensor  # (N, 1, H, W), unsmoothed
     density: Tensor  # (N, 2, H, W): rare, plain
+    place: Tensor  # (N, 1, H, W)
 
     def smoothed(self, model: SpatialVAE) -> Maps:
         rare, plain = self.density.split(1, dim=1)
         density = torch.cat([model.smooth(rare), model.smooth(plain)], dim=1)
-        return Maps(model.smooth(self.head), density)
+        return Maps(model.smooth(self.head), density, model.smooth(self.place))
 
     def scales(self) -> Scales:
         rare, plain = self.density.split(1, dim=1)
-        return Scales(Scale.of(self.head), Scale.of(rare), Scale.of(plain))
+        return Scales(Scale.of(self.head), Scale.of(rare), Scale.of(plain), Scale.of(self.place))
 
     def peaks(self, model: SpatialVAE) -> Tensor:
         """The image scores of these (smoothed) maps as mixed by `model`."""
-        return model.mix(self.head, self.density).flatten(1).amax(1)
+        return model.mix(self.head, self.density, self.place).flatten(1).amax(1)
 
 
 def with_defects(images: Tensor, seed: int) -> Tensor:
@@ -111,12 +117,13 @@ def with_defects(images: Tensor, seed: int) -> Tensor:
 
 @torch.inference_mode()
 def raw_maps(model: SpatialVAE, images: Tensor) -> Maps:
-    """The three maps of `images`, before smoothing."""
-    heads, densities = [], []
+    """The four maps of `images`, before smoothing."""
+    heads, densities, places = [], [], []
     for batch in images.split(MAP_BATCH):
         heads.append(model.head_map(batch))
         densities.append(model.density(batch))
-    return Maps(torch.cat(heads), torch.cat(densities))
+        places.append(model.place(batch))
+    return Maps(torch.cat(heads), torch.cat(densities), torch.cat(places))
 
 
 def choose_map(
@@ -146,4 +153,4 @@ def choose_map(
 
 
 def _largest(share: Share) -> float:
-    return max(share[0], share[1], 1.0 - share[0] - share[1])
+    return max(*share, 1.0 - sum(share))

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from training.corruption import corrupt, random_crops
 from training.density import PatchDensity
 from training.model import LOG_2PI, ModelConfig, gaussian_kl
+from training.place import PlaceDensity
 
 MAP_WEIGHT = 10.0  # focal loss weight, as DRAEM's: the map head learns from few pixels
 FOCAL_GAMMA = 2.0
@@ -155,11 +156,13 @@ class SpatialVAE(nn.Module):
         self.decoder = SpatialDecoder(config)
         self.map_head = MapHead(config)
         self.density = PatchDensity(config.channels)  # fitted by the pipeline, from the images
+        self.place = PlaceDensity(config.channels)  # likewise, at the working size
         self.log_sigma = nn.Parameter(torch.full((), -2.0))
-        # How the map head's and the patch density's evidence make one map, all chosen
-        # after training (`training.selection`): the smoothing in px, each map's centre
-        # and scale on clean validation images, and the shares of the density's rare
-        # and plain evidence (the map head has the rest).
+        # How the map head's, the patch density's and the place density's evidence make
+        # one map, all chosen after training (`training.selection`): the smoothing in
+        # px, each map's centre and scale on clean validation images, and the shares of
+        # the patch density's rare and plain evidence and of the place density's (the
+        # map head has the rest).
         self.map_sigma = config.map_sigma
         self.head_centre = 0.0
         self.head_scale = 1.0
@@ -167,8 +170,11 @@ class SpatialVAE(nn.Module):
         self.rare_scale = 1.0
         self.plain_centre = 0.0
         self.plain_scale = 1.0
+        self.place_centre = 0.0
+        self.place_scale = 1.0
         self.rare_share = 0.0
         self.plain_share = 0.0
+        self.place_share = 0.0
 
     # --- the artifact's methods, at the exported size -----------------------------------
     @torch.jit.export
@@ -252,25 +258,30 @@ class SpatialVAE(nn.Module):
         return torch.sigmoid(self.map_logits(x))
 
     def evidence(self, x: Tensor) -> Tensor:
-        """The three maps, each in units of a clean image's typical peak above its mean
+        """The four maps, each in units of a clean image's typical peak above its mean
         pixel, mixed by their shares: (N, 1, H, W), unsmoothed. A map without a share is
         not computed."""
         blank = torch.zeros_like(x[:, :1])
-        uses_head = self.rare_share + self.plain_share < 1.0
+        uses_head = self.rare_share + self.plain_share + self.place_share < 1.0
         uses_density = self.rare_share > 0.0 or self.plain_share > 0.0
         head = self.head_map(x) if uses_head else blank
         rare = self.rare_share > 0.0
         density = self.density(x, rare) if uses_density else blank.repeat(1, 2, 1, 1)
-        return self.mix(head, density)
+        place = self.place(x) if self.place_share > 0.0 else blank
+        return self.mix(head, density, place)
 
-    def mix(self, head: Tensor, density: Tensor) -> Tensor:
-        """The head's map (N, 1, H, W) and the density's two (N, 2, H, W), scaled and
-        mixed by their shares: the one formula training's choice and the artifact use."""
-        head_share = 1.0 - self.rare_share - self.plain_share
+    def mix(self, head: Tensor, density: Tensor, place: Tensor) -> Tensor:
+        """The head's map (N, 1, H, W), the patch density's two (N, 2, H, W) and the place
+        density's (N, 1, H, W), scaled and mixed by their shares: the one formula
+        training's choice and the artifact use."""
+        head_share = 1.0 - self.rare_share - self.plain_share - self.place_share
         mixed = head_share * (head - self.head_centre) / self.head_scale
         rare = (density[:, :1] - self.rare_centre) / self.rare_scale
         plain = (density[:, 1:] - self.plain_centre) / self.plain_scale
-        return mixed + self.rare_share * rare + self.plain_share * plain
+        at_place = (place - self.place_centre) / self.place_scale
+        return (
+            mixed + self.rare_share * rare + self.plain_share * plain + self.place_share * at_place
+        )
 
     def smooth(self, maps: Tensor) -> Tensor:
         """Separable Gaussian blur with reflected edges: (N, 1, H, W) -> the same."""

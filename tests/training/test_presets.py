@@ -94,11 +94,12 @@ def test_the_inspection_preset_trains_and_exports_a_full_resolution_detector(
     assert (metadata.height, metadata.width) == (40, 56)  # 57 -> 56: a multiple of the stride
     assert metadata.architecture == "spatial" and metadata.calibration.score == "map"
     assert metadata.metrics["map_sigma"] in SIGMAS
-    shares = (metadata.metrics["rare_share"], metadata.metrics["plain_share"])
-    assert shares in SHARES
+    names = ("rare_share", "plain_share", "place_share")
+    assert tuple(metadata.metrics[name] for name in names) in SHARES
     assert float(module.density.weight.abs().sum()) > 0  # fitted on the training images
     assert float(module.density.mixture_weight.abs().sum()) > 0
     assert metadata.metrics["patch_components"] == module.density.components == COMPONENTS
+    assert module.place.mean.shape == (1, 40, 56)  # a Gaussian per place of the working size
     printed = capsys.readouterr().out
     assert 0 <= printed.index("patch density: ") < printed.index("epoch 1/")  # before training
     x = torch.rand(2, 1, 40, 56)

@@ -8,6 +8,7 @@ from tests.training.spatial_data import TINY, stripes
 from training import selection
 from training.density import fit_patch_density
 from training.model import build_model
+from training.place import fit_place_density
 from training.selection import SHARES, SIGMAS, Scale, choose_map, with_defects
 from training.spatial import SpatialVAE
 
@@ -29,8 +30,8 @@ def test_a_scale_puts_the_clean_mean_at_0_and_the_typical_peak_at_1():
 
 
 def test_the_shares_are_quarters_that_leave_the_map_head_the_rest():
-    assert len(SHARES) == 15 and (0.0, 0.0) in SHARES and (0.25, 0.75) in SHARES
-    assert all(rare >= 0 and plain >= 0 and rare + plain <= 1 for rare, plain in SHARES)
+    assert len(SHARES) == 35 and (0.0, 0.0, 0.0) in SHARES and (0.25, 0.5, 0.25) in SHARES
+    assert all(min(share) >= 0 and sum(share) <= 1 for share in SHARES)
 
 
 def test_the_density_takes_the_map_when_the_head_knows_nothing():
@@ -38,9 +39,9 @@ def test_the_density_takes_the_map_when_the_head_knows_nothing():
     choice = choose_map(model, stripes(48, seed=1), seed=0)
     assert set(choice.auroc) == {(s, share) for s in SIGMAS for share in SHARES}
     assert sum(choice.share) > 0.0
-    assert choice.best > choice.auroc[(choice.sigma, (0.0, 0.0))]
+    assert choice.best > choice.auroc[(choice.sigma, (0.0, 0.0, 0.0))]
     assert model.map_sigma == choice.sigma
-    assert (model.rare_share, model.plain_share) == choice.share
+    assert (model.rare_share, model.plain_share, model.place_share) == choice.share
     assert (model.rare_centre, model.plain_scale) == (
         choice.scales.rare.centre,
         choice.scales.plain.scale,
@@ -73,3 +74,27 @@ def test_large_images_are_chosen_on_as_many_as_the_pixel_budget_allows(monkeypat
     monkeypatch.setattr(selection, "raw_maps", lambda m, x: seen.append(len(x)) or real(m, x))
     choose_map(model, stripes(48, seed=1), seed=0, sigmas=(2.0,))
     assert seen == [10, 10]
+
+
+def aligned(count: int, seed: int) -> torch.Tensor:
+    """A dark disk in the same place on every image, on a bright ground, a little noisy:
+    a part in a fixture, where what is normal depends on the place."""
+    rows, cols = torch.meshgrid(torch.arange(32.0), torch.arange(48.0), indexing="ij")
+    disk = ((rows - 16) ** 2 + (cols - 24) ** 2 < 100).float()
+    noise = torch.randn(count, 1, 32, 48, generator=torch.Generator().manual_seed(seed))
+    return (0.8 - 0.6 * disk + 0.03 * noise).clamp(0, 1)
+
+
+def test_the_place_density_takes_the_map_where_the_part_is_always_in_one_place():
+    torch.manual_seed(0)
+    model = build_model(TINY)
+    assert isinstance(model, SpatialVAE)
+    normal = aligned(64, seed=0)
+    fit_patch_density(model.density, normal)
+    fit_place_density(model.place, normal)
+    choice = choose_map(model.eval(), aligned(48, seed=1), seed=0)
+    assert choice.share[2] > 0.0 and model.place_share == choice.share[2]
+    clean = aligned(24, seed=2)
+    moved = clean.roll(8, dims=3)  # the part out of its place: every patch is still normal
+    with torch.inference_mode():
+        assert float(model.score(moved).min()) > float(model.score(clean).max())

@@ -10,6 +10,7 @@ from tests.training.spatial_data import TINY, stripes
 from training.defects import draw_defect
 from training.density import fit_patch_density
 from training.model import ModelConfig, build_model
+from training.place import fit_place_density
 from training.roc import auroc
 from training.selection import choose_map
 from training.spatial import SpatialVAE, gaussian_kernel, map_loss, squash
@@ -47,13 +48,17 @@ def with_evidence_scales(model: SpatialVAE) -> SpatialVAE:
     model.head_centre, model.head_scale = 0.4, 0.2
     model.rare_centre, model.rare_scale = 60.0, 20.0
     model.plain_centre, model.plain_scale = 1.0, 3.0
+    fit_place_density(model.place, torch.rand(8, 1, 32, 48))
+    model.place_centre, model.place_scale = 2.0, 4.0
     return model
 
 
-@pytest.mark.parametrize("share", [(0.0, 0.0), (0.5, 0.25), (1.0, 0.0), (0.0, 1.0)])
+@pytest.mark.parametrize(
+    "share", [(0.0, 0.0, 0.0), (0.5, 0.25, 0.0), (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0, 0.25, 0.5)]
+)
 def test_the_scripted_module_computes_what_the_eager_one_does(share, tmp_path):
     model, x = with_evidence_scales(tiny()), torch.rand(2, 1, 32, 48)
-    model.rare_share, model.plain_share = share
+    model.rare_share, model.plain_share, model.place_share = share
     torch.jit.save(torch.jit.script(model), tmp_path / "model.pt")
     scripted = torch.jit.load(tmp_path / "model.pt")
     with torch.inference_mode():
@@ -61,15 +66,17 @@ def test_the_scripted_module_computes_what_the_eager_one_does(share, tmp_path):
         assert torch.allclose(scripted.encode(x)[0], model.encode(x)[0], atol=1e-6)
 
 
-def test_the_map_mixes_the_three_kinds_of_evidence_by_their_shares():
+def test_the_map_mixes_the_four_kinds_of_evidence_by_their_shares():
     model, x = with_evidence_scales(tiny()), torch.rand(2, 1, 32, 48)
     with torch.inference_mode():
         head = (model.head_map(x) - 0.4) / 0.2
         density = model.density(x)
         rare, plain = (density[:, :1] - 60.0) / 20.0, (density[:, 1:] - 1.0) / 3.0
-        model.rare_share, model.plain_share = 0.25, 0.5
+        place = (model.place(x) - 2.0) / 4.0
+        model.rare_share, model.plain_share, model.place_share = 0.25, 0.25, 0.25
         mixed = model.evidence(x)
-        assert torch.allclose(mixed, 0.25 * head + 0.25 * rare + 0.5 * plain, atol=1e-5)
+        expected = 0.25 * head + 0.25 * rare + 0.25 * plain + 0.25 * place
+        assert torch.allclose(mixed, expected, atol=1e-5)
         assert torch.allclose(model.anomaly_map(x), squash(model.smooth(mixed)), atol=1e-6)
 
 
