@@ -95,8 +95,8 @@ def run_texture(
     started = time.monotonic()
     data = build(name)
     log(
-        f"--- {name}: {len(data.train)} training crops, {len(data.normal)} normal and "
-        f"{len(data.defective)} defective test crops ---"
+        f"--- {name}: {len(data.train)} training images, {len(data.normal)} normal and "
+        f"{len(data.defective)} defective test images ---"
     )
     results = [
         measure("brightness", brightness_baseline(data), data),
