@@ -243,11 +243,11 @@ def name_list(known: tuple[str, ...], what: str) -> Callable[[str], tuple[str, .
 
 
 def textures_command(args: argparse.Namespace) -> None:
-    _benchmark(args, args.textures, "textures", build_texture_set, "held-out region")
+    _benchmark(args, args.textures, "textures", build_texture_set, "held-out region", "texture")
 
 
 def parts_command(args: argparse.Namespace) -> None:
-    _benchmark(args, args.parts, "parts", build_part_set, "test views")
+    _benchmark(args, args.parts, "parts", build_part_set, "test views", "part")
 
 
 def _benchmark(
@@ -256,18 +256,19 @@ def _benchmark(
     stem: str,
     build: Callable[[str], TextureSet],
     held_out: str,
+    what: str,
 ) -> None:
     inspection = {"epochs": args.epochs, "max_minutes": args.max_minutes}
     whole = {"epochs": args.whole_epochs, "max_minutes": args.max_minutes}
     settings = {"inspection": inspection, "whole_image": whole, stem: list(names)}
 
     def report(runs: list[TextureRun]) -> Path:
-        return write_report(runs, Path(args.report_dir), settings, stem, held_out)
+        return write_report(runs, Path(args.report_dir), settings, stem, held_out, what)
 
     runs = run_textures(
         names, Path(args.work_dir), inspection, whole, reuse=args.reuse, build=build, done=report
     )
-    print(markdown(runs, held_out))
+    print(markdown(runs, held_out, what))
     print(f"report: {args.report_dir}/{stem}.md, {stem}.json, {stem}.png")
 
 

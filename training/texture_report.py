@@ -175,11 +175,13 @@ def _examples(data: TextureSet, scores: Scores) -> np.ndarray:
     return (np.concatenate(rows, axis=0) * 255).round().astype(np.uint8)
 
 
-def markdown(runs: list[TextureRun], held_out: str = "held-out region") -> str:
+def markdown(
+    runs: list[TextureRun], held_out: str = "held-out region", what: str = "texture"
+) -> str:
     """The summary table (image and pixel AUROC per method), then per defect kind;
-    `held_out` names the normal test images in the last column's head."""
+    `held_out` names the normal test images in the last column's head, `what` the sets."""
     methods = [r.method for r in runs[0].results]
-    head = "| texture | " + " | ".join(f"{m} image / pixel" for m in methods) + " |"
+    head = f"| {what} | " + " | ".join(f"{m} image / pixel" for m in methods) + " |"
     lines = [head, "|---|" + "---:|" * len(methods)]
     for run in runs:
         cells = [f"{100 * r.image_auroc:.1f} / {100 * r.pixel_auroc:.1f}" for r in run.results]
@@ -196,7 +198,7 @@ def markdown(runs: list[TextureRun], held_out: str = "held-out region") -> str:
     )
     lines += [
         "",
-        "| texture | "
+        f"| {what} | "
         + " | ".join(KINDS)
         + f" | recall | false alarms, fresh | false alarms, {held_out} |",
         "|---|" + "---:|" * (len(KINDS) + 3),
@@ -229,10 +231,11 @@ def write_report(
     settings: dict[str, Any],
     stem: str = "textures",
     held_out: str = "held-out region",
+    what: str = "texture",
 ) -> Path:
     """`stem`.md, .json and .png under `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / f"{stem}.md").write_text(markdown(runs, held_out) + "\n")
+    (directory / f"{stem}.md").write_text(markdown(runs, held_out, what) + "\n")
     payload = {
         "settings": settings,
         stem: {
