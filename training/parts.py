@@ -27,11 +27,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 from PIL import Image
 
-from training.defects import KINDS, draw_defect
-from training.textures import TextureSet, photograph
+from training.defects import KINDS
+from training.textures import TextureSet, as_tensor, draw_defects, photograph
 
 GREY = ("coins", "camera")  # a tray of coins: parts on a background; a scene with a figure
 COLOUR = ("coffee", "retina")  # a cup on a saucer; a fundus photograph, as a scan is taken
@@ -78,10 +77,6 @@ def views(part: Image.Image, count: int, size: int, rng: np.random.Generator) ->
     return np.stack(out).astype(np.float32)
 
 
-def _tensor(pixels: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).contiguous()
-
-
 def build_part_set(
     name: str,
     size: int = 128,
@@ -95,18 +90,15 @@ def build_part_set(
     rng = np.random.default_rng(seed)
     part = part_image(name, size)
     donor = np.asarray(part, dtype=np.float32) / 255.0  # `paste` takes another place of it
-    bases = views(part, per_kind * len(KINDS), size, rng)
-    kinds = tuple(KINDS[i % len(KINDS)] for i in range(len(bases)))
-    drawn = [
-        draw_defect(base, kind, rng, donor=donor) for base, kind in zip(bases, kinds, strict=True)
-    ]
-    defective = np.stack([np.round(d.image * 255.0) / 255.0 for d in drawn]).astype(np.float32)
+    defective, masks, kinds = draw_defects(
+        views(part, per_kind * len(KINDS), size, rng), rng, donor
+    )
     return TextureSet(
         name=name,
-        train=_tensor(views(part, train, size, rng)),
-        normal=_tensor(views(part, normal, size, rng)),
-        defective=_tensor(defective),
-        masks=torch.from_numpy(np.stack([d.mask for d in drawn])),
+        train=as_tensor(views(part, train, size, rng)),
+        normal=as_tensor(views(part, normal, size, rng)),
+        defective=defective,
+        masks=masks,
         kinds=kinds,
-        fresh=_tensor(views(part, fresh, size, rng)),
+        fresh=as_tensor(views(part, fresh, size, rng)),
     )

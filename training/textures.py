@@ -80,8 +80,22 @@ def _crops(image: np.ndarray, rows: tuple[int, int], count: int, size: int, rng)
     return np.stack([image[t : t + size, x : x + size] for t, x in zip(tops, lefts, strict=True)])
 
 
-def _tensor(pixels: np.ndarray) -> Tensor:
+def as_tensor(pixels: np.ndarray) -> Tensor:
+    """Images (N, H, W, C) as a tensor (N, C, H, W)."""
     return torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).contiguous()
+
+
+def draw_defects(
+    bases: np.ndarray, rng: np.random.Generator, donor: np.ndarray
+) -> tuple[Tensor, Tensor, tuple[str, ...]]:
+    """One defect on each of `bases` (N, H, W, C), the kinds in turn, quantised to 8 bits
+    as uploads are; `donor` feeds `paste`: the images (N, C, H, W), masks, kinds."""
+    kinds = tuple(KINDS[i % len(KINDS)] for i in range(len(bases)))
+    drawn = [
+        draw_defect(base, kind, rng, donor=donor) for base, kind in zip(bases, kinds, strict=True)
+    ]
+    defective = np.stack([np.round(d.image * 255.0) / 255.0 for d in drawn]).astype(np.float32)
+    return as_tensor(defective), torch.from_numpy(np.stack([d.mask for d in drawn])), kinds
 
 
 def build_texture_set(
@@ -100,21 +114,16 @@ def build_texture_set(
     held_out = (split_row, image.shape[0])
     normal_crops = _crops(image, held_out, normal, size, rng)
     bases = _crops(image, held_out, per_kind * len(KINDS), size, rng)
-    donor = image[:split_row]
-    kinds = tuple(KINDS[i % len(KINDS)] for i in range(len(bases)))
-    drawn = [
-        draw_defect(base, kind, rng, donor=donor) for base, kind in zip(bases, kinds, strict=True)
-    ]
-    defective = np.stack([np.round(d.image * 255.0) / 255.0 for d in drawn]).astype(np.float32)
-    training = _tensor(_crops(image, (0, split_row), train, size, rng))
+    defective, masks, kinds = draw_defects(bases, rng, donor=image[:split_row])
+    training = as_tensor(_crops(image, (0, split_row), train, size, rng))
     return TextureSet(
         name=name,
         train=training,
-        normal=_tensor(normal_crops),
-        defective=_tensor(defective),
-        masks=torch.from_numpy(np.stack([d.mask for d in drawn])),
+        normal=as_tensor(normal_crops),
+        defective=defective,
+        masks=masks,
         kinds=kinds,
-        fresh=_tensor(_crops(image, (0, split_row), fresh, size, rng)),
+        fresh=as_tensor(_crops(image, (0, split_row), fresh, size, rng)),
     )
 
 
