@@ -18,11 +18,12 @@ The per-training metrics (validation negative ELBO and IWAE) are computed by
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import get_args
+from typing import TypeVar, get_args
 
 import torch
 from PIL import Image
@@ -38,12 +39,14 @@ from training.dataset import ImageSet, select_classes, split
 from training.errors import ConfigError, TrainingError
 from training.metrics import chunk_rows
 from training.model import ScoreKind
-from training.parts import PARTS, build_part_set
+from training.parts import MAX_SHIFT, MAX_TURN, PARTS, SHIFT, TURN, build_part_set
 from training.pipeline import write_json
 from training.prior import encoder_means, fit_mixture, mixture_prior
 from training.samples import PriorFn, draw_samples, features, frechet_distance, sample_quality
 from training.texture_report import TextureRun, markdown, run_textures, write_report
 from training.textures import TEXTURES, TextureSet, build_texture_set
+
+T = TypeVar("T", int, float)
 
 SAMPLES_EXAMPLE = """example:
   python -m training.evaluate samples models/mnist --grid docs/samples
@@ -137,6 +140,19 @@ def build_parser() -> flags.Parser:
         type=name_list(PARTS, "parts"),
         default=",".join(PARTS),
         help="scikit-image photographs to use",
+    )
+    parts.add_argument(
+        "--shift",
+        type=bounded(int, 0, MAX_SHIFT),
+        default=SHIFT,
+        help=f"px each way a view may be shifted by (0 to {MAX_SHIFT})",
+    )
+    parts.add_argument(
+        "--turn",
+        type=bounded(float, 0.0, MAX_TURN),
+        default=TURN,
+        help="degrees a view may be turned by, either way (0 to 180: a part that lies any "
+        "way round)",
     )
     _add_benchmark_flags(parts, "runs/parts")
     artifact = commands.add_parser(
@@ -242,12 +258,29 @@ def name_list(known: tuple[str, ...], what: str) -> Callable[[str], tuple[str, .
     return parse
 
 
+def bounded(kind: Callable[[str], T], low: T, high: T) -> Callable[[str], T]:
+    """An argparse type: a number of `kind` from `low` to `high`."""
+
+    def parse(text: str) -> T:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected {low} to {high}: {text!r}")
+        return value
+
+    return parse
+
+
 def textures_command(args: argparse.Namespace) -> None:
     _benchmark(args, args.textures, "textures", build_texture_set, "held-out region", "texture")
 
 
 def parts_command(args: argparse.Namespace) -> None:
-    _benchmark(args, args.parts, "parts", build_part_set, "test views", "part")
+    build = functools.partial(build_part_set, shift=args.shift, turn=args.turn)
+    placement = {"shift_px": args.shift, "turn_degrees": args.turn}
+    _benchmark(args, args.parts, "parts", build, "test views", "part", placement)
 
 
 def _benchmark(
@@ -257,10 +290,11 @@ def _benchmark(
     build: Callable[[str], TextureSet],
     held_out: str,
     what: str,
+    extra: dict[str, object] | None = None,
 ) -> None:
     inspection = {"epochs": args.epochs, "max_minutes": args.max_minutes}
     whole = {"epochs": args.whole_epochs, "max_minutes": args.max_minutes}
-    settings = {"inspection": inspection, "whole_image": whole, stem: list(names)}
+    settings = {"inspection": inspection, "whole_image": whole, stem: list(names), **(extra or {})}
 
     def report(runs: list[TextureRun]) -> Path:
         return write_report(runs, Path(args.report_dir), settings, stem, held_out, what)
