@@ -45,7 +45,7 @@ from training.metrics import (
     plan_evaluation,
 )
 from training.model import VAE, ModelConfig
-from training.place import PlaceDensity, directions, fit_place_density
+from training.place import PlaceDensity, directions, fit_place_density, turns
 from training.prior import fit_sampling_prior
 from training.progress import ProgressMeter
 from training.samples import draw_samples, features, frechet_distance, sample_quality
@@ -228,10 +228,11 @@ def _fit_densities(
     images = data.train.images
     density = fit_patch_density(PatchDensity(data.train.channels), images, config.seed)
     place = fit_place_density(PlaceDensity(data.train.channels), images, config.seed)
+    upright = ", each image turned upright first" if turns(place) else ""
     log(
         f"patch density: one Gaussian and a mixture of {density.components} of the "
         f"training images' {PATCH}x{PATCH} patches, and a Gaussian of the images per place "
-        f"({directions(place)} principal directions), fitted in "
+        f"({directions(place)} principal directions{upright}), fitted in "
         f"{format_seconds(time.monotonic() - started)}"
     )
     return density, place
@@ -361,6 +362,7 @@ def _compose_map(
         "val_synthetic_auroc": choice.best,
         "patch_components": float(model.density.components),
         "place_directions": float(directions(model.place)),
+        "place_turns": float(turns(model.place)),
     }
     return replace(model_config, map_sigma=choice.sigma), metrics | chosen
 

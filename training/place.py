@@ -16,10 +16,16 @@ on (the fitted ones lie nearer their own subspace than new images do), and floor
 share of its mean, so that a place that never changes (a black border, a saturated
 highlight) does not turn a little noise there into a defect.
 
-Where the images are not aligned (random crops of a surface, a part turned any way),
-no few directions hold them and the residual is most of every image; the validation
-choice (`training.selection`) then gives the evidence no share, and a map without a
-share is not computed. It exists at the fitted size only, which is the exported size.
+A part that lies any way round is first turned upright (`training.register`): the
+Gaussian is then of upright images, and each image's map is turned back to its own
+frame. The turn is kept only where the frame is square, the training images agree on
+an upright (`register.coherence`), and turning leaves at most KEEP_TURN of the held-out
+images' residual energy that the plain Gaussian leaves (measured over the same disc).
+
+Where the images are not aligned even so (random crops of a surface), no few
+directions hold them and the residual is most of every image; the validation choice
+(`training.selection`) then gives the evidence no share, and a map without a share is
+not computed. It exists at the fitted size only, which is the exported size.
 """
 
 from __future__ import annotations
@@ -27,11 +33,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from training import register
+from training.register import Registration, angles_of, fit_registration, turn, turned_by
+
 VARIANCE = 0.99  # of the fitting images' variance that the principal directions hold
 MAX_DIRECTIONS = 256
 MAX_BASIS = 1 << 24  # floats in the directions (64 MB): fewer directions for large images
 SPREAD_SHARE = 0.25  # of the training images that measure the spread, not the directions
 FLOOR = 0.25  # of the mean spread: the least spread a place is given
+KEEP_TURN = 0.75  # turned residual energy over plain: at most this, or the turn is dropped
 
 
 class PlaceDensity(nn.Module):
@@ -40,7 +50,8 @@ class PlaceDensity(nn.Module):
 
     Until `fit_place_density` fills it there are no directions, and every value is 0.
     Its tensors are buffers outside the state dict, fitted from the training images and
-    exported with the artifact.
+    exported with the artifact; with a fitted `registration`, each image is turned
+    upright first and its map turned back.
     """
 
     def __init__(self, channels: int) -> None:
@@ -48,11 +59,19 @@ class PlaceDensity(nn.Module):
         self.register_buffer("mean", torch.zeros(channels, 1, 1), False)
         self.register_buffer("basis", torch.zeros(0, channels), False)  # (K, C*H*W)
         self.register_buffer("inverse_spread", torch.zeros(channels, 1, 1), False)
+        self.registration = Registration()
 
     def forward(self, x: Tensor) -> Tensor:  # (N, C, H, W) -> (N, 1, H, W)
         basis: Tensor = self.basis  # type: ignore[assignment]
         if basis.shape[0] == 0:
             return torch.zeros_like(x[:, :1])
+        if self.registration.active():
+            angles = self.registration.angles(x)
+            return turn(self.standardised(turn(x, angles)), -angles)
+        return self.standardised(x)
+
+    def standardised(self, x: Tensor) -> Tensor:
+        """The squared standardised residual (N, 1, H, W), summed over channels."""
         inverse: Tensor = self.inverse_spread  # type: ignore[assignment]
         return (self.residual(x) * inverse).pow(2).sum(1, keepdim=True)
 
@@ -70,24 +89,62 @@ def directions(density: PlaceDensity) -> int:
     return int(basis.shape[0])
 
 
+def turns(density: PlaceDensity) -> bool:
+    """Whether `density` turns each image upright first."""
+    return density.registration.active()
+
+
 @torch.no_grad()
 def fit_place_density(density: PlaceDensity, images: Tensor, seed: int = 0) -> PlaceDensity:
     """Fill `density` from `images` (N, C, H, W), all of one size (the working size): the
-    directions from a random 3/4 of them, the spread from the rest."""
+    directions from a random 3/4 of them, the spread from the rest; turned upright first
+    where that explains the held-out images better (see the module's note)."""
     if len(images) < 4:
         raise ValueError("fitting a density per place needs at least 4 images")
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
     held = max(1, round(SPREAD_SHARE * len(images)))
     fitting, measuring = images[order[held:]], images[order[:held]]
+    registration = _registration(fitting)
+    if registration is None:
+        _fit_gaussian(density, fitting, measuring)
+        return density
+    measured = angles_of(registration, measuring)
+    upright_fitting = turned_by(fitting, angles_of(registration, fitting))
+    plain = _fit_gaussian(density, fitting, measuring)  # changes `fitting`: it comes last
+    upright = PlaceDensity(images.shape[1])
+    turned = _fit_gaussian(upright, upright_fitting, turned_by(measuring, measured))
+    # The plain residual over the same disc, turned as the turned one was: a fair match.
+    plain_energy = float(turned_by(plain, measured).pow(2).sum())
+    if float(turned.pow(2).sum()) > KEEP_TURN * plain_energy:
+        return density
+    density.mean, density.basis = upright.mean, upright.basis
+    density.inverse_spread = upright.inverse_spread
+    density.registration = registration
+    return density
+
+
+def _registration(fitting: Tensor) -> Registration | None:
+    """A registration fitted on `fitting`, if its frame is square and its images agree
+    on an upright."""
+    if fitting.shape[-1] != fitting.shape[-2]:
+        return None
+    registration = fit_registration(Registration(), fitting)
+    return registration if register.coherence(registration, fitting) >= register.COHERENT else None
+
+
+def _fit_gaussian(density: PlaceDensity, fitting: Tensor, measuring: Tensor) -> Tensor:
+    """Fill `density`'s Gaussian from `fitting` (which it centres in place: large images,
+    many of them) and its spread from `measuring`; return the measuring images'
+    residual (what the spread was measured on)."""
     flat = fitting.flatten(1).float()
     mean = flat.mean(0)
-    density.mean = mean.view(images.shape[1:])
-    density.basis = _directions(flat.sub_(mean))  # in place: large images, many of them
+    density.mean = mean.view(fitting.shape[1:])
+    density.basis = _directions(flat.sub_(mean))
     residual = density.residual(measuring.float())
     spread = residual.pow(2).mean(0).sqrt()
     floor = FLOOR * spread.mean(dim=(1, 2), keepdim=True).clamp(min=1e-3)
     density.inverse_spread = 1.0 / torch.maximum(spread, floor)
-    return density
+    return residual
 
 
 def _directions(centred: Tensor) -> Tensor:

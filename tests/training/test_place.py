@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from training import place
+from training import place, register
 from training.place import FLOOR, PlaceDensity, fit_place_density
 
 
@@ -36,7 +36,8 @@ def test_a_normal_change_along_a_principal_direction_costs_nothing_a_spot_a_lot(
         assert float(density(spot)[:, :, 4:6, 5:7].amin()) > 20 * typical
 
 
-def test_a_place_that_never_changes_gets_the_floor_not_an_infinite_scale():
+def test_a_place_that_never_changes_gets_the_floor_not_an_infinite_scale(monkeypatch):
+    monkeypatch.setattr(register, "COHERENT", 2.0)  # the plain Gaussian: no turn here
     images = torch.rand(60, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     images[:, :, :2] = 0.0  # a black border, in every image
     density = fit_place_density(PlaceDensity(1), images)
