@@ -227,7 +227,7 @@ def _fit_densities(
     started = time.monotonic()
     images = data.train.images
     density = fit_patch_density(PatchDensity(data.train.channels), images, config.seed)
-    place = fit_place_density(PlaceDensity(data.train.channels), images, config.seed)
+    place = fit_place_density(PlaceDensity(data.train.channels), images, config.seed, log)
     upright = ", each image turned upright first" if turns(place) else ""
     log(
         f"patch density: one Gaussian and a mixture of {density.components} of the "

@@ -21,6 +21,9 @@ Gaussian is then of upright images, and each image's map is turned back to its o
 frame. The turn is kept only where the frame is square, the training images agree on
 an upright (`register.coherence`), and turning leaves at most KEEP_TURN of the held-out
 images' residual energy that the plain Gaussian leaves (measured over the same disc).
+Outside the inscribed disc a turned image has no pixels and so no evidence; the map
+there is the value a normal place has on average (1 per channel, the spread being
+measured on held-out images), so that a corner neither hides nor fakes a defect.
 
 Where the images are not aligned even so (random crops of a surface), no few
 directions hold them and the residual is most of every image; the validation choice
@@ -34,7 +37,8 @@ import torch
 from torch import Tensor, nn
 
 from training import register
-from training.register import Registration, angles_of, fit_registration, turn, turned_by
+from training.progress import Log
+from training.register import Registration, angles_of, disc, fit_registration, turn, turned_by
 
 VARIANCE = 0.99  # of the fitting images' variance that the principal directions hold
 MAX_DIRECTIONS = 256
@@ -67,7 +71,8 @@ class PlaceDensity(nn.Module):
             return torch.zeros_like(x[:, :1])
         if self.registration.active():
             angles = self.registration.angles(x)
-            return turn(self.standardised(turn(x, angles)), -angles)
+            outside = 1.0 - disc(x.shape[-1], x.dtype, x.device)
+            return turn(self.standardised(turn(x, angles)), -angles) + outside * x.shape[1]
         return self.standardised(x)
 
     def standardised(self, x: Tensor) -> Tensor:
@@ -95,17 +100,24 @@ def turns(density: PlaceDensity) -> bool:
 
 
 @torch.no_grad()
-def fit_place_density(density: PlaceDensity, images: Tensor, seed: int = 0) -> PlaceDensity:
+def fit_place_density(
+    density: PlaceDensity, images: Tensor, seed: int = 0, log: Log | None = None
+) -> PlaceDensity:
     """Fill `density` from `images` (N, C, H, W), all of one size (the working size): the
     directions from a random 3/4 of them, the spread from the rest; turned upright first
-    where that explains the held-out images better (see the module's note)."""
+    where that explains the held-out images better (see the module's note). `log` hears
+    the decision and the figures that took it."""
     if len(images) < 4:
         raise ValueError("fitting a density per place needs at least 4 images")
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
     held = max(1, round(SPREAD_SHARE * len(images)))
     fitting, measuring = images[order[held:]], images[order[:held]]
-    registration = _registration(fitting)
+    log = log or _silent
+    registration, agreement = _registration(fitting)
     if registration is None:
+        if agreement is not None:
+            log(f"density per place: not turned upright (rings agree {agreement:.2f}, "
+                f"below {register.COHERENT})")  # fmt: skip
         _fit_gaussian(density, fitting, measuring)
         return density
     measured = angles_of(registration, measuring)
@@ -115,7 +127,14 @@ def fit_place_density(density: PlaceDensity, images: Tensor, seed: int = 0) -> P
     turned = _fit_gaussian(upright, upright_fitting, turned_by(measuring, measured))
     # The plain residual over the same disc, turned as the turned one was: a fair match.
     plain_energy = float(turned_by(plain, measured).pow(2).sum())
-    if float(turned.pow(2).sum()) > KEEP_TURN * plain_energy:
+    left = float(turned.pow(2).sum()) / max(plain_energy, 1e-12)
+    kept = left <= KEEP_TURN
+    log(
+        f"density per place: {'turned' if kept else 'not turned'} upright (rings agree "
+        f"{agreement:.2f}; upright, {left:.2f} of the plain residual on held-out training "
+        f"images is left; at most {KEEP_TURN} turns)"
+    )
+    if not kept:
         return density
     density.mean, density.basis = upright.mean, upright.basis
     density.inverse_spread = upright.inverse_spread
@@ -123,13 +142,14 @@ def fit_place_density(density: PlaceDensity, images: Tensor, seed: int = 0) -> P
     return density
 
 
-def _registration(fitting: Tensor) -> Registration | None:
-    """A registration fitted on `fitting`, if its frame is square and its images agree
-    on an upright."""
+def _registration(fitting: Tensor) -> tuple[Registration | None, float | None]:
+    """A registration fitted on `fitting` if its frame is square and its images agree on
+    an upright, and how well they agree (None for a frame that is not square)."""
     if fitting.shape[-1] != fitting.shape[-2]:
-        return None
+        return None, None
     registration = fit_registration(Registration(), fitting)
-    return registration if register.coherence(registration, fitting) >= register.COHERENT else None
+    agreement = register.coherence(registration, fitting)
+    return (registration if agreement >= register.COHERENT else None), agreement
 
 
 def _fit_gaussian(density: PlaceDensity, fitting: Tensor, measuring: Tensor) -> Tensor:
@@ -161,3 +181,7 @@ def _directions(centred: Tensor) -> Tensor:
     values, vectors = values[:count][keep], vectors[:, :count][:, keep]
     directions = (vectors.T.float() @ centred) / (values * len(centred)).sqrt().float()[:, None]
     return directions.contiguous()
+
+
+def _silent(line: str) -> None:
+    pass
