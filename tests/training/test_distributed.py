@@ -23,6 +23,7 @@ from training.distributed import ALONE, World, current, shard
 from training.errors import ConfigError
 from training.pipeline import METRICS_FILE
 
+TEARDOWN_ABORT = "terminate called without an active exception"
 RANK_LINE = re.compile(r"^rank (\d) of 2 trained on (\d+) images", re.MULTILINE)
 
 
@@ -100,6 +101,13 @@ class Torchrun:
         done = subprocess.run(
             command, capture_output=True, text=True, cwd=self.base, env=env, timeout=300
         )
+        if done.returncode and TEARDOWN_ABORT in done.stderr:
+            # Rarely (once in CI; not in 36 torchruns here) a gloo rank aborts in
+            # torch's own teardown as it exits; what is under test is the run, so it runs
+            # once more, and a second failure of any kind fails the test.
+            done = subprocess.run(
+                command, capture_output=True, text=True, cwd=self.base, env=env, timeout=300
+            )
         assert done.returncode == 0, done.stderr[-3000:]
         return done
 
