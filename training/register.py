@@ -19,7 +19,7 @@ Only a part turns about the frame's centre; a surface does not, and its rings ag
 with no reference. So the registration is kept only when the aligned training images'
 rings agree with the reference (`coherence` at least COHERENT) and turning leaves less of
 the held-out images unexplained (`training.place`). Outside the inscribed disc a turned
-image has no pixels, so there the turned density has no evidence.
+image has no pixels, so there the turned density has no evidence of its own.
 """
 
 from __future__ import annotations
