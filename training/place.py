@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from training import register
 from training.progress import Log
-from training.register import Registration, angles_of, disc, fit_registration, turn, turned_by
+from training.register import Registration, back, fit_registration, poses_of, upright, upright_by
 
 VARIANCE = 0.99  # of the fitting images' variance that the principal directions hold
 MAX_DIRECTIONS = 256
@@ -70,9 +70,9 @@ class PlaceDensity(nn.Module):
         if basis.shape[0] == 0:
             return torch.zeros_like(x[:, :1])
         if self.registration.active():
-            angles = self.registration.angles(x)
-            outside = 1.0 - disc(x.shape[-1], x.dtype, x.device)
-            return turn(self.standardised(turn(x, angles)), -angles) + outside * x.shape[1]
+            poses = self.registration.poses(x)
+            outside = 1.0 - back(torch.ones_like(x[:, :1]), poses)
+            return back(self.standardised(upright(x, poses)), poses) + outside * x.shape[1]
         return self.standardised(x)
 
     def standardised(self, x: Tensor) -> Tensor:
@@ -113,43 +113,61 @@ def fit_place_density(
     held = max(1, round(SPREAD_SHARE * len(images)))
     fitting, measuring = images[order[held:]], images[order[:held]]
     log = log or _silent
-    registration, agreement = _registration(fitting)
-    if registration is None:
-        if agreement is not None:
-            log(f"density per place: not turned upright (rings agree {agreement:.2f}, "
-                f"below {register.COHERENT})")  # fmt: skip
+    if fitting.shape[-1] != fitting.shape[-2]:
         _fit_gaussian(density, fitting, measuring)
         return density
-    measured = angles_of(registration, measuring)
-    upright_fitting = turned_by(fitting, angles_of(registration, fitting))
+    # Unmoved first: about the frame's centre, as a fixture holds a part. A search for
+    # each part's own centre finds some match in any surface (a wall of bricks matches
+    # itself a brick along) and so fits any held-out image a little better: it decides
+    # nothing, and is kept only where the unmoved turn has shown that the images turn.
+    unmoved = fit_registration(Registration(search=0.0), fitting)
+    agreement = register.coherence(unmoved, fitting)
+    if agreement < register.COHERENT:
+        log(f"density per place: not turned upright (rings agree {agreement:.2f}, "
+            f"below {register.COHERENT})")  # fmt: skip
+        _fit_gaussian(density, fitting, measuring)
+        return density
+    searching = fit_registration(Registration(), fitting)
+    candidates = [_upright_views(r, fitting, measuring) for r in (unmoved, searching)]
     plain = _fit_gaussian(density, fitting, measuring)  # changes `fitting`: it comes last
-    upright = PlaceDensity(images.shape[1])
-    turned = _fit_gaussian(upright, upright_fitting, turned_by(measuring, measured))
-    # The plain residual over the same disc, turned as the turned one was: a fair match.
-    plain_energy = float(turned_by(plain, measured).pow(2).sum())
-    left = float(turned.pow(2).sum()) / max(plain_energy, 1e-12)
+    fits = [_upright_fit(plain, views) for views in candidates]
+    left, moved = fits[0][1], fits[1][1]
     kept = left <= KEEP_TURN
     log(
         f"density per place: {'turned' if kept else 'not turned'} upright (rings agree "
         f"{agreement:.2f}; upright, {left:.2f} of the plain residual on held-out training "
-        f"images is left; at most {KEEP_TURN} turns)"
+        f"images is left, {moved:.2f} with each part's own centre found; at most "
+        f"{KEEP_TURN} turns)"
     )
     if not kept:
         return density
-    density.mean, density.basis = upright.mean, upright.basis
-    density.inverse_spread = upright.inverse_spread
-    density.registration = registration
+    best = 1 if moved < left else 0
+    standing = fits[best][0]
+    density.mean, density.basis = standing.mean, standing.basis
+    density.inverse_spread = standing.inverse_spread
+    density.registration = (unmoved, searching)[best]
     return density
 
 
-def _registration(fitting: Tensor) -> tuple[Registration | None, float | None]:
-    """A registration fitted on `fitting` if its frame is square and its images agree on
-    an upright, and how well they agree (None for a frame that is not square)."""
-    if fitting.shape[-1] != fitting.shape[-2]:
-        return None, None
-    registration = fit_registration(Registration(), fitting)
-    agreement = register.coherence(registration, fitting)
-    return (registration if agreement >= register.COHERENT else None), agreement
+def _upright_views(
+    registration: Registration, fitting: Tensor, measuring: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The fitting and measuring images set upright by `registration`, and the
+    measuring images' poses."""
+    measured = poses_of(registration, measuring)
+    upright_fitting = upright_by(fitting, poses_of(registration, fitting))
+    return upright_fitting, upright_by(measuring, measured), measured
+
+
+def _upright_fit(plain: Tensor, views: tuple[Tensor, Tensor, Tensor]) -> tuple[PlaceDensity, float]:
+    """A Gaussian of upright images (`_upright_views`), and the share of the plain
+    Gaussian's held-out residual `plain` that it leaves."""
+    upright_fitting, upright_measuring, measured = views
+    standing = PlaceDensity(upright_fitting.shape[1])
+    turned = _fit_gaussian(standing, upright_fitting, upright_measuring)
+    # The plain residual over the same disc, set upright as the turned one was: a fair match.
+    plain_energy = float(upright_by(plain, measured).pow(2).sum())
+    return standing, float(turned.pow(2).sum()) / max(plain_energy, 1e-12)
 
 
 def _fit_gaussian(density: PlaceDensity, fitting: Tensor, measuring: Tensor) -> Tensor:
