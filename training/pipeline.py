@@ -45,7 +45,7 @@ from training.metrics import (
     plan_evaluation,
 )
 from training.model import VAE, ModelConfig
-from training.place import PlaceDensity, directions, fit_place_density, turns
+from training.place import PlaceDensity, centres, directions, fit_place_density, turns
 from training.prior import fit_sampling_prior
 from training.progress import ProgressMeter
 from training.samples import draw_samples, features, frechet_distance, sample_quality
@@ -229,6 +229,7 @@ def _fit_densities(
     density = fit_patch_density(PatchDensity(data.train.channels), images, config.seed)
     place = fit_place_density(PlaceDensity(data.train.channels), images, config.seed, log)
     upright = ", each image turned upright first" if turns(place) else ""
+    upright += " about its own centre" if centres(place) else ""
     log(
         f"patch density: one Gaussian and a mixture of {density.components} of the "
         f"training images' {PATCH}x{PATCH} patches, and a Gaussian of the images per place "
@@ -363,6 +364,7 @@ def _compose_map(
         "patch_components": float(model.density.components),
         "place_directions": float(directions(model.place)),
         "place_turns": float(turns(model.place)),
+        "place_centres": float(centres(model.place)),
     }
     return replace(model_config, map_sigma=choice.sigma), metrics | chosen
 

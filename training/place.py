@@ -16,11 +16,13 @@ on (the fitted ones lie nearer their own subspace than new images do), and floor
 share of its mean, so that a place that never changes (a black border, a saturated
 highlight) does not turn a little noise there into a defect.
 
-A part that lies any way round is first turned upright (`training.register`): the
-Gaussian is then of upright images, and each image's map is turned back to its own
-frame. The turn is kept only where the frame is square, the training images agree on
-an upright (`register.coherence`), and turning leaves at most KEEP_TURN of the held-out
-images' residual energy that the plain Gaussian leaves (measured over the same disc).
+A part that lies any way round is first set upright (`training.register`): moved to
+where the training images have it and turned to their angle; the Gaussian is then of
+upright images, and each image's map is returned to its own frame. That is kept only
+where the frame is square, the training images agree on an upright about the frame's
+centre (`register.coherence`), and turning about it leaves at most KEEP_TURN of the
+held-out images' residual energy that the plain Gaussian leaves (measured over the same
+disc); then each part's own centre is also sought where that leaves less still.
 Outside the inscribed disc a turned image has no pixels and so no evidence; the map
 there is the value a normal place has on average (1 per channel, the spread being
 measured on held-out images), so that a corner neither hides nor fakes a defect.
@@ -97,6 +99,11 @@ def directions(density: PlaceDensity) -> int:
 def turns(density: PlaceDensity) -> bool:
     """Whether `density` turns each image upright first."""
     return density.registration.active()
+
+
+def centres(density: PlaceDensity) -> bool:
+    """Whether `density` also finds each image's own centre before turning it."""
+    return turns(density) and density.registration.search > 0.0
 
 
 @torch.no_grad()

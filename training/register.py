@@ -22,11 +22,11 @@ mean ring profile of the training images, each first aligned to the running refe
 (ROUNDS rounds, from the first image).
 
 Only a part moves and turns as a whole; a surface does not, and its rings agree with no
-reference. So the registration is kept only when the aligned training images' rings
-agree with the reference (`coherence` at least COHERENT) and setting them upright leaves
-less of the held-out images unexplained (`training.place`). Outside the disc inscribed
-in the upright frame an upright image has no pixels, so there the upright density has no
-evidence of its own.
+reference about the frame's centre. About centres sought one by one they agree a little
+with anything (a wall of bricks matches itself a brick along), so `training.place`
+decides with a registration that does not search (`search` 0) and keeps the search only
+where that one has shown the images turn. Outside the disc inscribed in the upright frame
+an upright image has no pixels, so there the upright density has no evidence of its own.
 """
 
 from __future__ import annotations

@@ -102,6 +102,7 @@ def test_the_inspection_preset_trains_and_exports_a_full_resolution_detector(
     assert module.place.mean.shape == (1, 40, 56)  # a Gaussian of the images at their size
     assert metadata.metrics["place_directions"] == module.place.basis.shape[0] > 0
     assert metadata.metrics["place_turns"] == 0.0  # a frame that is not square is not turned
+    assert metadata.metrics["place_centres"] == 0.0
     printed = capsys.readouterr().out
     assert 0 <= printed.index("patch density: ") < printed.index("epoch 1/")  # before training
     x = torch.rand(2, 1, 40, 56)

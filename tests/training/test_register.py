@@ -136,10 +136,13 @@ def test_a_loose_part_is_turned_a_surface_is_not_and_the_log_says_why(coins):
     ), said[1]
 
 
-def test_the_map_of_a_turned_part_stays_in_the_uploads_frame(coins):
-    images, _ = turned_views(coins, 80, seed=0)
+@pytest.mark.parametrize("reach", [0, 3])
+def test_the_map_of_a_turned_part_stays_in_the_uploads_frame(coins, reach):
+    images, _ = turned_views(coins, 80, seed=0, reach=reach)
     density = fit_place_density(PlaceDensity(1), images)
-    new = view(coins, 123.0)
+    if reach:
+        assert density.registration.search > 0  # moved parts: each one's centre is found
+    new = view(coins, 123.0, shift=(reach, -reach))
     spot = new.clone()
     spot[..., 10:14, 30:34] = 1.0 - spot[..., 10:14, 30:34]  # a flaw up and to the right
     with torch.inference_mode():
