@@ -69,7 +69,8 @@ model: $(VENV)/.dev
 # The two protocols behind the README's tables. One-class MNIST: AUROC and measured false
 # alarms; per digit 275 images to train, 25 to validate, 100 to calibrate, 100 to test.
 # Textures: defects on real surfaces against the baselines (docs/textures.md). Parts: the
-# same on aligned views of an object, as a camera over a fixture sees it (docs/parts.md).
+# same on aligned views of an object, as a camera over a fixture sees it (docs/parts.md),
+# and on loose ones, turned any way and off-centre, as on a belt (docs/loose/parts.md).
 anomaly-eval: $(VENV)/.dev
 	$(BIN)/python -m training.evaluate anomaly --architecture mlp --hidden 400,200 \
 		--latent-dim 16 --epochs 85 --batch-size 32 --augment-shift 0 --warmup-epochs 0 \
@@ -77,6 +78,8 @@ anomaly-eval: $(VENV)/.dev
 		--score nelbo-ic --scores nelbo,iwae,recon,nelbo-ic,iwae-ic,recon-ic
 	$(BIN)/python -m training.evaluate textures --work-dir runs/textures --report-dir docs
 	$(BIN)/python -m training.evaluate parts --work-dir runs/parts --report-dir docs
+	$(BIN)/python -m training.evaluate parts --parts retina,coins --turn 180 --shift 8 \
+		--work-dir runs/parts-loose --report-dir docs/loose
 
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench --update-doc
