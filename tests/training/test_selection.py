@@ -76,13 +76,13 @@ def test_large_images_are_chosen_on_as_many_as_the_pixel_budget_allows(monkeypat
     assert seen == [10, 10]
 
 
-def aligned(count: int, seed: int) -> torch.Tensor:
+def aligned(count: int, seed: int, noise: float = 0.03) -> torch.Tensor:
     """A dark disk in the same place on every image, on a bright ground, a little noisy:
     a part in a fixture, where what is normal depends on the place."""
     rows, cols = torch.meshgrid(torch.arange(32.0), torch.arange(48.0), indexing="ij")
     disk = ((rows - 16) ** 2 + (cols - 24) ** 2 < 100).float()
-    noise = torch.randn(count, 1, 32, 48, generator=torch.Generator().manual_seed(seed))
-    return (0.8 - 0.6 * disk + 0.03 * noise).clamp(0, 1)
+    draws = torch.randn(count, 1, 32, 48, generator=torch.Generator().manual_seed(seed))
+    return (0.8 - 0.6 * disk + noise * draws).clamp(0, 1)
 
 
 def test_the_place_density_takes_the_map_where_the_part_is_always_in_one_place():
@@ -98,3 +98,23 @@ def test_the_place_density_takes_the_map_where_the_part_is_always_in_one_place()
     moved = clean.roll(8, dims=3)  # the part out of its place: every patch is still normal
     with torch.inference_mode():
         assert float(model.score(moved).min()) > float(model.score(clean).max())
+
+
+def test_where_every_setting_flags_every_defect_the_map_that_points_at_them_wins(monkeypatch):
+    torch.manual_seed(0)
+    model = build_model(TINY)
+    assert isinstance(model, SpatialVAE)
+    normal = aligned(64, seed=0, noise=0.003)  # so steady that the place map misses nothing
+    fit_patch_density(model.density, normal)
+    fit_place_density(model.place, normal)
+    pointing: dict = {}
+    real = selection._pointing
+    monkeypatch.setattr(selection, "_pointing", lambda *a: pointing.update(real(*a)) or pointing)
+    choice = choose_map(model.eval(), aligned(48, seed=1, noise=0.003), seed=0)
+    tied = [key for key, value in choice.auroc.items() if value == choice.best]
+    assert len(tied) > 1 and {sigma for sigma, _ in tied} == set(SIGMAS)
+    assert set(pointing) == set(tied)
+    assert pointing[(choice.sigma, choice.share)] == max(pointing.values())
+    # the steadiest smoothing alone, the rule before, blurs a thin defect past finding
+    widest = max(value for (sigma, _), value in pointing.items() if sigma == max(SIGMAS))
+    assert choice.sigma < max(SIGMAS) and pointing[(choice.sigma, choice.share)] > widest
