@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from training.parts import part_image
-from training.place import PlaceDensity, fit_place_density, turns
+from training.place import PlaceDensity, centres, fit_place_density, turns
 from training.register import (
     Registration,
     back,
@@ -117,10 +117,23 @@ def test_it_turns_the_way_pillow_does(coins):
     assert float((ours - pillows).abs().sum() / inside.sum()) < 0.03
 
 
-def test_a_loose_part_is_turned_a_surface_is_not_and_the_log_says_why(coins):
-    images, _ = turned_views(coins, 80, seed=0)
-    said: list[str] = []
-    assert turns(fit_place_density(PlaceDensity(1), images, log=said.append))
+@pytest.fixture(scope="module")
+def fitted(coins) -> dict[int, tuple[PlaceDensity, list[str]]]:
+    """Densities per place of 80 views turned any way, moved up to 0 or 3 px, and what
+    each fit logged (fitted once: the search for each part's centre takes seconds)."""
+    densities = {}
+    for reach in (0, 3):
+        said: list[str] = []
+        images, _ = turned_views(coins, 80, seed=0, reach=reach)
+        densities[reach] = fit_place_density(PlaceDensity(1), images, log=said.append), said
+    return densities
+
+
+def test_a_loose_part_is_turned_a_surface_is_not_and_the_log_says_why(coins, fitted):
+    density, said = fitted[0]
+    assert turns(density)
+    said = list(said)
+    images, _ = turned_views(coins, 8, seed=0)
     brick = build_texture_set("brick", size=SIZE, train=80, normal=1, per_kind=1, fresh=1)
     assert not turns(fit_place_density(PlaceDensity(1), brick.train, log=said.append))
     assert not turns(fit_place_density(PlaceDensity(1), images[..., :-4], log=said.append))
@@ -137,9 +150,8 @@ def test_a_loose_part_is_turned_a_surface_is_not_and_the_log_says_why(coins):
 
 
 @pytest.mark.parametrize("reach", [0, 3])
-def test_the_map_of_a_turned_part_stays_in_the_uploads_frame(coins, reach):
-    images, _ = turned_views(coins, 80, seed=0, reach=reach)
-    density = fit_place_density(PlaceDensity(1), images)
+def test_the_map_of_a_turned_part_stays_in_the_uploads_frame(coins, fitted, reach):
+    density = fitted[reach][0]
     if reach:
         assert density.registration.search > 0  # moved parts: each one's centre is found
     new = view(coins, 123.0, shift=(reach, -reach))
@@ -153,10 +165,9 @@ def test_the_map_of_a_turned_part_stays_in_the_uploads_frame(coins, reach):
     assert float(density(new)[..., 0, 0]) == 1.0
 
 
-def test_the_scripted_turning_density_computes_what_the_eager_one_does(coins, tmp_path):
-    images, _ = turned_views(coins, 40, seed=0)
-    density = fit_place_density(PlaceDensity(1), images)
-    assert turns(density)
+def test_the_scripted_turning_density_computes_what_the_eager_one_does(coins, fitted, tmp_path):
+    density = fitted[3][0]  # the one that seeks each part's centre too
+    assert turns(density) and centres(density)
     torch.jit.save(torch.jit.script(density), tmp_path / "place.pt")
     x = turned_views(coins, 3, seed=2)[0]
     loaded = torch.jit.load(tmp_path / "place.pt")
