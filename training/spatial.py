@@ -323,9 +323,15 @@ class SpatialVAE(nn.Module):
 
 def squash(evidence: Tensor) -> Tensor:
     """Evidence (0 = a clean image's mean pixel, 1 = its typical peak) -> [0, 1): about
-    0.08 at 0, 0.63 at 1, 0.86 at 2; strictly increasing, so a map's peak is still the
-    peak of its evidence and rankings do not change."""
-    return 1.0 - torch.exp(-F.softplus(evidence, beta=8.0))
+    0.08 at 0, 0.5 at 1, 0.67 at 2; strictly increasing, so a map's peak is still the
+    peak of its evidence and rankings do not change.
+
+    s / (1 + s) rather than 1 - exp(-s): the exponential reaches 1.0 in float32 near
+    s = 17, so every strongly anomalous image scored exactly 1.0, a threshold taken
+    among them was 1.0, and nothing could score above it. The ratio stays below 1 and
+    strictly increasing up to evidence of about 10^7."""
+    s = F.softplus(evidence, beta=8.0)
+    return s / (1.0 + s)
 
 
 def map_loss(logits: Tensor, mask: Tensor) -> Tensor:

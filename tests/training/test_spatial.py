@@ -84,7 +84,16 @@ def test_the_squash_keeps_the_order_and_maps_typical_normal_pixels_near_0():
     evidence = torch.linspace(-1, 6, 200)
     squashed = squash(evidence)
     assert bool((squashed[1:] > squashed[:-1]).all())
-    assert float(squash(torch.tensor(0.0))) < 0.1 < 0.6 < float(squash(torch.tensor(1.0)))
+    assert float(squash(torch.tensor(0.0))) < 0.1 < 0.45 < float(squash(torch.tensor(1.0)))
+    assert float(squashed.max()) < 1.0
+
+
+def test_the_squash_stays_below_1_and_in_order_on_very_strong_evidence():
+    # A defect far outside the normal range must still rank above a milder one, and a
+    # threshold among strong scores must leave room above it (float32, as served).
+    evidence = torch.logspace(0, 6, 200, dtype=torch.float32)
+    squashed = squash(evidence)
+    assert bool((squashed[1:] > squashed[:-1]).all())
     assert float(squashed.max()) < 1.0
 
 
