@@ -11,6 +11,9 @@ KEEP_ALIVE_S ?= 5
 MAX_CONNECTIONS ?= 1000
 
 CHROMIUM ?= /usr/bin/chromium
+# pytest processes for `make test` (0: one process, no xdist), files kept whole per worker
+# so that each module's fixtures (tiny trained models, uvicorn processes) are built once.
+TEST_WORKERS ?= 2
 
 .PHONY: run test lint format model anomaly-eval bench soak screenshots clean
 
@@ -51,7 +54,7 @@ test: $(VENV)/.dev | $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
