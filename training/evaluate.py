@@ -10,6 +10,10 @@
                artifact, computed by the artifact's own methods, on any data source
     samples    sample quality of an artifact (`training.samples`): from N(0, I), from
                its own sampling prior, and from a mixture fitted now to its latents
+    served     a running service on labelled images in the MVTec AD layout: every test
+               image uploaded to /anomaly, the figures from its answers (`training.served`)
+    write-set  a built-in texture or part set written as files in that layout, to train
+               on with `python -m training --data DIR/train/good` and measure with `served`
 
 The per-training metrics (validation negative ELBO and IWAE) are computed by
 `training.metrics` during `python -m training` and land in `model.json`.
@@ -23,7 +27,7 @@ import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar, get_args
+from typing import Any, TypeVar, get_args
 
 import torch
 from PIL import Image
@@ -37,19 +41,29 @@ from training.cli import run_cli
 from training.data import load_images
 from training.dataset import ImageSet, select_classes, split
 from training.errors import ConfigError, TrainingError
+from training.folders import write_set
 from training.metrics import chunk_rows
 from training.model import ScoreKind
 from training.parts import MAX_SHIFT, MAX_TURN, PARTS, SHIFT, TURN, build_part_set
 from training.pipeline import write_json
 from training.prior import encoder_means, fit_mixture, mixture_prior
 from training.samples import PriorFn, draw_samples, features, frechet_distance, sample_quality
+from training.served import measure_served
 from training.texture_report import TextureRun, markdown, run_textures, write_report
 from training.textures import TEXTURES, TextureSet, build_texture_set
+from vae_client.client import DEFAULT_URL, VAEClient
 
 T = TypeVar("T", int, float)
 
 SAMPLES_EXAMPLE = """example:
   python -m training.evaluate samples models/mnist --grid docs/samples
+"""
+
+SERVED_EXAMPLE = """example (the whole round trip, on a built-in set):
+  python -m training.evaluate write-set /tmp/coins --source coins --size 300 --turn 180
+  python -m training --data /tmp/coins/train/good --preset inspection --out models/coins
+  VAE_MODEL_DIR=models/coins make run
+  python -m training.evaluate served /tmp/coins --url http://127.0.0.1:8000
 """
 
 ANOMALY_EXAMPLE = """example:
@@ -214,7 +228,75 @@ def build_parser() -> flags.Parser:
     )
     samples.add_argument("--grid", help="write a PNG of 64 samples per prior here (a folder)")
     samples.add_argument("--json", help="also write the figures here")
+    _add_served_parser(commands)
+    _add_write_set_parser(commands)
     return parser
+
+
+def _add_served_parser(commands: Any) -> None:
+    served = commands.add_parser(
+        "served",
+        help="measure a running service on labelled images (MVTec AD layout)",
+        description="Upload every image under DIR/test (good/ and a folder per defect kind,\n"
+        "masks in DIR/ground_truth/<kind>/<name>_mask.png) to /anomaly with its heat map;\n"
+        "report image AUROC per kind, pixel AUROC, recall and false alarms from the answers.",
+        epilog=SERVED_EXAMPLE,
+        formatter_class=flags.HelpFormatter,
+    )
+    served.add_argument("directory", help="the set's folder (holds test/ and ground_truth/)")
+    served.add_argument("--url", default=DEFAULT_URL, help="the service's base URL")
+    served.add_argument("--api-key", help="the service's API key, when it wants one")
+    served.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds to wait for each answer"
+    )
+    served.add_argument(
+        "--concurrency",
+        type=bounded(int, 1, 64),
+        default=4,
+        help="requests in flight at once, so that the service batches them",
+    )
+    served.add_argument("--json", help="also write the figures here")
+
+
+def _add_write_set_parser(commands: Any) -> None:
+    write = commands.add_parser(
+        "write-set",
+        help="write a built-in texture or part set as image files (MVTec AD layout)",
+        description="Normal training images in DIR/train/good, normal and defective test "
+        "images\nin DIR/test/<kind>, masks in DIR/ground_truth: the layout `served` reads.",
+        epilog=SERVED_EXAMPLE,
+        formatter_class=flags.HelpFormatter,
+    )
+    write.add_argument("directory", help="a new folder for the set")
+    write.add_argument(
+        "--source",
+        choices=(*PARTS, *TEXTURES),
+        default="coins",
+        help="a part (views of a photograph) or a texture (crops of it)",
+    )
+    write.add_argument("--size", type=bounded(int, 32, 1024), default=300, help="px per side")
+    write.add_argument(
+        "--train", type=bounded(int, 1, 100_000), default=1200, help="normal images to train on"
+    )
+    write.add_argument(
+        "--normal", type=bounded(int, 1, 100_000), default=120, help="normal test images"
+    )
+    write.add_argument(
+        "--per-kind", type=bounded(int, 1, 10_000), default=40, help="test images per defect kind"
+    )
+    write.add_argument(
+        "--shift",
+        type=bounded(int, 0, MAX_SHIFT),
+        default=SHIFT,
+        help="a part's placement: px each way (parts only)",
+    )
+    write.add_argument(
+        "--turn",
+        type=bounded(float, 0.0, MAX_TURN),
+        default=TURN,
+        help="a part's placement: degrees either way (parts only)",
+    )
+    write.add_argument("--seed", type=int, default=0, help="seeds the views and the defects")
 
 
 def _add_benchmark_flags(parser: argparse.ArgumentParser, work_dir: str) -> None:
@@ -304,6 +386,32 @@ def _benchmark(
     )
     print(markdown(runs, held_out, what))
     print(f"report: {args.report_dir}/{stem}.md, {stem}.json, {stem}.png")
+
+
+def served_command(args: argparse.Namespace) -> None:
+    root = Path(args.directory)
+    if not root.is_dir():
+        raise TrainingError(f"{root}: no such folder")
+    with VAEClient(args.url, api_key=args.api_key, timeout=args.timeout) as client:
+        report = measure_served(root, client, args.url, args.concurrency)
+    print(report.markdown())
+    if args.json:
+        print(f"report: {write_json(Path(args.json), report.to_dict())}")
+
+
+def write_set_command(args: argparse.Namespace) -> None:
+    if args.source in PARTS:
+        build: Callable[..., TextureSet] = functools.partial(
+            build_part_set, shift=args.shift, turn=args.turn
+        )
+    else:
+        build = build_texture_set
+    # One fresh view only: they are not written, `served` measures false alarms on test/good.
+    sizes = {"train": args.train, "normal": args.normal, "per_kind": args.per_kind, "fresh": 1}
+    data = build(args.source, size=args.size, seed=args.seed, **sizes)
+    counts = write_set(Path(args.directory), data)
+    for where, count in counts.items():
+        print(f"{args.directory}/{where}: {count} images")
 
 
 def anomaly_command(args: argparse.Namespace) -> None:
@@ -437,6 +545,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "parts": parts_command,
         "artifact": artifact_command,
         "samples": samples_command,
+        "served": served_command,
+        "write-set": write_set_command,
     }
     command = commands[args.command]
     return run_cli(lambda: command(args))

@@ -48,8 +48,10 @@ class AnomalyResult:
     threshold: float
     is_anomaly: bool
     percentile: float
-    heatmap: bytes | None = None  # PNG, when asked for
+    heatmap: bytes | None = None  # greyscale PNG at the upload's size, when asked for
     conversions: list[str] = field(default_factory=list)  # what was changed to fit the model
+    overlay: bytes | None = None  # RGB PNG: the heat map's colours over the upload
+    heatmap_scale: str | None = None  # "absolute" (the score's scale) or "relative"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +92,8 @@ def parse_anomaly(body: dict[str, Any]) -> list[AnomalyResult]:
             percentile=r["percentile"],
             heatmap=base64.b64decode(r["heatmap"]) if r.get("heatmap") else None,
             conversions=r.get("conversions") or [],
+            overlay=base64.b64decode(r["overlay"]) if r.get("overlay") else None,
+            heatmap_scale=r.get("heatmap_scale"),
         )
         for r in body["results"]
     ]

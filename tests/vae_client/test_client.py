@@ -120,7 +120,8 @@ async def test_interpolate_takes_an_image_and_a_latent(
 
 async def test_anomaly_reads_scores_and_heatmaps(call: Callable[..., Awaitable[Any]]) -> None:
     result = {"score": 90.5, "threshold": 120.0, "is_anomaly": False, "percentile": 41.0,
-              "heatmap": b64(png(200)), "conversions": []}  # fmt: skip
+              "heatmap": b64(png(200)), "overlay": b64(png(100)), "heatmap_scale": "absolute",
+              "conversions": []}  # fmt: skip
     server = Recorder({"/anomaly": (200, {"results": [result]})})
     (score,) = await call(server, "anomaly", [png()], heatmap=True)
     assert server.body == {"images": [b64(png())], "heatmap": True}
@@ -128,6 +129,7 @@ async def test_anomaly_reads_scores_and_heatmaps(call: Callable[..., Awaitable[A
         90.5, 120.0, False, 41.0,
     )  # fmt: skip
     assert score.heatmap == png(200)
+    assert score.overlay == png(100) and score.heatmap_scale == "absolute"
 
 
 async def test_model_info_reads_the_shapes(call: Callable[..., Awaitable[Any]]) -> None:

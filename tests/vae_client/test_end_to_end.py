@@ -115,6 +115,8 @@ async def test_anomaly_with_heatmap(client: AsyncVAEClient) -> None:
     assert result.is_anomaly == (result.score > result.threshold)
     assert 0.0 <= result.percentile <= 100.0
     assert result.heatmap is not None and Image.open(io.BytesIO(result.heatmap)).size == (28, 28)
+    assert result.overlay is not None and Image.open(io.BytesIO(result.overlay)).mode == "RGB"
+    assert result.heatmap_scale in ("absolute", "relative")
 
 
 async def test_server_errors_arrive_typed(client: AsyncVAEClient) -> None:
