@@ -255,7 +255,10 @@ def _add_served_parser(commands: Any) -> None:
         default=4,
         help="requests in flight at once, so that the service batches them",
     )
-    served.add_argument("--json", help="also write the figures here")
+    served.add_argument(
+        "--overlays", help="write the service's overlay of each image here, a folder per kind"
+    )
+    served.add_argument("--json", help="also write the figures here, with each image's score")
 
 
 def _add_write_set_parser(commands: Any) -> None:
@@ -393,7 +396,8 @@ def served_command(args: argparse.Namespace) -> None:
     if not root.is_dir():
         raise TrainingError(f"{root}: no such folder")
     with VAEClient(args.url, api_key=args.api_key, timeout=args.timeout) as client:
-        report = measure_served(root, client, args.url, args.concurrency)
+        overlays = None if args.overlays is None else Path(args.overlays)
+        report = measure_served(root, client, args.url, args.concurrency, overlays)
     print(report.markdown())
     if args.json:
         print(f"report: {write_json(Path(args.json), report.to_dict())}")

@@ -10,6 +10,9 @@ would, and reports from the answers alone:
                   image counts as normal), on a grid of at most PIXELS_PER_IMAGE per image
     recall        the share of each kind the service flags (`is_anomaly`)
     false alarms  the share of good images it flags, beside the rate the model promises
+
+and, per image, its score and verdict (in the JSON), and the service's overlay PNG where
+`overlays` names a folder, so that the misses and the false alarms can be looked at.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ class ServedReport:
     recall: float
     false_alarm_rate: float
     kinds: dict[str, KindFigures] = field(default_factory=dict)
+    images: list[dict[str, Any]] = field(default_factory=list)  # path, kind, score, flagged
 
     def markdown(self) -> str:
         rows = [
@@ -102,17 +106,23 @@ class ServedReport:
 
 
 def measure_served(
-    root: Path, client: VAEClient, url: str, concurrency: int = 4, log: Log = print
+    root: Path,
+    client: VAEClient,
+    url: str,
+    concurrency: int = 4,
+    overlays: Path | None = None,
+    log: Log = print,
 ) -> ServedReport:
     """Upload every test image under `root` through `client` and measure the answers.
-    `concurrency` requests are in flight at once, so that the service can batch them."""
+    `concurrency` requests are in flight at once, so that the service can batch them;
+    each answer's overlay is written to `overlays`/<kind>/<name>.png when it is given."""
     cases = labelled_cases(root)
     info = _model_info(client, url)
     meter = ProgressMeter(len(cases), "uploads", log)
     answers = []
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
         try:
-            for answer in pool.map(lambda case: _ask(client, url, case), cases):
+            for answer in pool.map(lambda case: _ask(client, url, case, overlays), cases):
                 answers.append(answer)
                 meter.update(1)
         except TrainingError:  # one bad answer ends the run: do not upload the rest
@@ -133,7 +143,7 @@ def _model_info(client: VAEClient, url: str) -> Any:
         raise TrainingError(f"{url}/model: {exc}") from None
 
 
-def _ask(client: VAEClient, url: str, case: Case) -> Answer:
+def _ask(client: VAEClient, url: str, case: Case, overlays: Path | None) -> Answer:
     try:
         result = client.anomaly([case.path.read_bytes()], heatmap=True)[0]
     except httpx.HTTPError as exc:
@@ -142,6 +152,10 @@ def _ask(client: VAEClient, url: str, case: Case) -> Answer:
         raise TrainingError(f"{case.path}: the service refused it: {exc}") from None
     except OSError as exc:
         raise TrainingError(f"{case.path}: cannot read it ({exc})") from None
+    if overlays is not None and result.overlay is not None:
+        folder = overlays / case.kind
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{case.path.stem}.png").write_bytes(result.overlay)
     values, mask = _pixels(case, result)
     return Answer(case, result.score, result.is_anomaly, values, mask, result.heatmap_scale)
 
@@ -191,6 +205,10 @@ def _report(
         recall=_flagged(bad),
         false_alarm_rate=_flagged(good),
         kinds=kinds,
+        images=[
+            {"path": str(a.case.path), "kind": a.case.kind, "score": a.score, "flagged": a.flagged}
+            for a in answers
+        ],
     )
 
 

@@ -69,7 +69,7 @@ def test_the_figures_are_those_of_the_services_own_answers(
 ) -> None:
     out = tmp_path / "served.json"
     argv = ["served", str(labelled), "--url", server.url, "--json", str(out)]
-    assert main([*argv, "--concurrency", "3"]) == 0
+    assert main([*argv, "--concurrency", "3", "--overlays", str(tmp_path / "overlays")]) == 0
     report = json.loads(out.read_text())
     cases = labelled_cases(labelled)
     with VAEClient(server.url) as client:
@@ -77,6 +77,12 @@ def test_the_figures_are_those_of_the_services_own_answers(
     bad = np.array([case.kind != GOOD for case in cases])
     scores = np.array([answer.score for answer in answers])
     flagged = np.array([answer.is_anomaly for answer in answers])
+    rows = report["images"]
+    assert [(row["path"], row["kind"]) for row in rows] == [(str(c.path), c.kind) for c in cases]
+    assert np.allclose([row["score"] for row in rows], scores, rtol=1e-5, atol=1e-6)
+    for case in cases:
+        with Image.open(tmp_path / "overlays" / case.kind / f"{case.path.stem}.png") as overlay:
+            assert overlay.mode == "RGB" and overlay.size == (WIDTH, HEIGHT)
     assert report["image_auroc"] == pytest.approx(roc_auc_score(bad, scores), abs=1e-9)
     for kind in ("hole", "stain"):
         chosen = np.array([case.kind in (GOOD, kind) for case in cases])
