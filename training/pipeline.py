@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import Tensor
 
 from app.artifact import Calibration
 from training import distributed
@@ -51,9 +52,10 @@ from training.progress import ProgressMeter
 from training.samples import draw_samples, features, frechet_distance, sample_quality
 from training.selection import SIGMAS, choose_map
 from training.spatial import SpatialVAE
-from training.train import Log, TrainResult, after_evaluation_rows, resolve_device, train
+from training.train import Log, TrainResult, after_evaluation_seconds, resolve_device, train
 
 METRICS_FILE = "metrics.json"
+TIMED_IMAGES = 8  # validation images the densities' maps are timed on, for the budget
 
 if TYPE_CHECKING:
     from training.model import AnyVAE
@@ -207,7 +209,11 @@ def fit(
         log(advice)
     model_config = config.model_config(data.train.channels, data.work_size)
     densities = _fit_densities(config, data, log) if world.is_main else None
-    result = train(config, model_config, data.train, data.val, data.fingerprint, log, world, budget)
+    map_seconds = 0.0 if densities is None else map_image_seconds(*densities, data.val.images)
+    result = train(
+        config, model_config, data.train, data.val, data.fingerprint, log, world, budget,
+        map_image_seconds=map_seconds,
+    )  # fmt: skip
     if densities is not None and isinstance(result.model, SpatialVAE):
         device = next(result.model.parameters()).device
         result.model.density = densities[0].to(device)
@@ -239,6 +245,21 @@ def _fit_densities(
     return density, place
 
 
+@torch.inference_mode()
+def map_image_seconds(density: PatchDensity, place: PlaceDensity, images: Tensor) -> float:
+    """Seconds per image of the maps the densities add after training (to choose the
+    map's mix and to calibrate), timed on a few validation images: on large loose parts
+    the patch mixture and the search for each part's centre cost more than the network,
+    and the budget has to hold them back from training."""
+    sample = images[:TIMED_IMAGES]
+    if len(sample) == 0:
+        return 0.0
+    started = time.monotonic()
+    density(sample, True)
+    place(sample)
+    return (time.monotonic() - started) / len(sample)
+
+
 # each map alone, for the log line of the choice
 ALONE_SHARES = {
     "map head": (0.0, 0.0, 0.0),
@@ -261,7 +282,9 @@ def measure(
     images = world.stride(data.val.images)
     row_seconds = 0.0 if math.isnan(result.row_seconds) else result.row_seconds  # no epoch run
     calibration_seconds = 2 * config.score_samples * len(data.calibration) * row_seconds
-    after_seconds = after_evaluation_rows(config, len(data.val)) * row_seconds
+    after_seconds = after_evaluation_seconds(
+        config, len(data.val), row_seconds, result.map_image_seconds
+    )
     seconds_left = budget.left() - budget.export_reserve() - calibration_seconds - after_seconds
     plan, note = plan_evaluation(len(images), config.iwae_samples, row_seconds, seconds_left)
     elbo, k, left = world.from_main([plan.elbo_samples, plan.iwae_samples, seconds_left])

@@ -32,6 +32,7 @@ from training.errors import CheckpointError, ConfigError
 from training.metrics import ELBO_SAMPLES, bits_per_dim, format_seconds, negative_elbo
 from training.model import VAE, LossWeights, ModelConfig, build_model
 from training.progress import ProgressMeter
+from training.spatial import SpatialVAE
 
 MIN_LR_FACTOR = 0.01  # the cosine schedule ends at 1% of --lr, not at zero
 
@@ -39,10 +40,12 @@ if TYPE_CHECKING:
     from training.model import AnyVAE
 
 
-# a spatial model's anomaly map (its VAE, map head and patch mixture at the working size)
-# against one validation row (an encode and a decode with its likelihood), with room for
-# the defects that the smoothing's choice draws
+# a spatial model's anomaly map after training against one validation row (an encode and
+# a decode with its likelihood): its VAE, the defects the choice draws, the smoothing and
+# the mixing; the map head and the densities, which grow faster with the image, are timed
+# on real images instead (`_head_seconds`, `training.pipeline.map_image_seconds`)
 MAP_ROWS = 4.0
+HEAD_TIMED_IMAGES = 4
 
 
 @dataclass
@@ -54,6 +57,7 @@ class TrainResult:
     images_per_second: float  # by all ranks together, over every epoch (resumed ones too)
     images_trained: int  # by this process in this run; under torchrun, its shards only
     row_seconds: float  # one decoder row of validation, as last measured on this rank
+    map_image_seconds: float = 0.0  # per image, the maps beside the decoder's rows
 
     def metrics(self) -> dict[str, float]:
         return {
@@ -119,11 +123,14 @@ def train(
     log: Log = print,
     world: World = ALONE,
     budget: Budget | None = None,
+    map_image_seconds: float = 0.0,
 ) -> TrainResult:
     """Train, checkpointing every epoch; return the model with the best validation weights.
 
     Under torchrun every rank calls this; rank 0 alone writes the checkpoints. With a
-    `budget` (default: `--max-minutes` from now), training leaves the evaluation its share.
+    `budget` (default: `--max-minutes` from now), training leaves the evaluation its share,
+    and the work after it (`map_image_seconds`: per image, the maps a spatial model's
+    densities add, which the decoder's pace does not show).
     """
     budget = budget or Budget(config.max_minutes)
     world.require_shareable(config.batch_size, len(val_set))
@@ -158,6 +165,7 @@ def train(
         world=world,
     )
     trained, row_seconds, epoch_seconds = 0, math.nan, 0.0
+    head_seconds: float | None = None  # per image, a spatial model's map head, timed once
     dims = math.prod(train_set.images.shape[1:])
     for epoch in range(progress.epoch + 1, config.epochs + 1):
         started, warmup = time.monotonic(), pace.kl_weight(progress.step)
@@ -178,10 +186,14 @@ def train(
             checkpoint.save_last(run, model, optimizer, progress)
             if improved:
                 checkpoint.save_best(run, progress)
+        if head_seconds is None:
+            head_seconds = _head_seconds(model, val_images)
         epoch_seconds = time.monotonic() - started
         pace.set_eval_estimate(
             evaluation_seconds(config, len(val_images), row_seconds),
-            after_evaluation_rows(config, len(val_images)) * row_seconds,
+            after_evaluation_seconds(
+                config, len(val_images), row_seconds, map_image_seconds + head_seconds
+            ),
         )
         eta = min((config.epochs - epoch) * epoch_seconds, pace.seconds_left())
         validation = f"val nelbo {val:.2f}"
@@ -211,6 +223,7 @@ def train(
         progress.images / max(progress.train_seconds, 1e-9),
         trained,
         row_seconds,
+        map_image_seconds + (head_seconds or 0.0),
     )
 
 
@@ -239,15 +252,47 @@ def evaluation_seconds(config: TrainConfig, images: int, row_seconds: float) -> 
     return rows * row_seconds
 
 
+@torch.inference_mode()
+def _head_seconds(model: nn.Module, images: Tensor) -> float:
+    """Seconds per image of a spatial model's map head, 0 for other models: on large
+    images the U-Net over the image and its reconstruction costs many decoder rows, and
+    every validation and calibration image is mapped again after training."""
+    sample = images[:HEAD_TIMED_IMAGES]
+    if not isinstance(model, SpatialVAE) or len(sample) == 0:
+        return 0.0
+    model.eval()
+    started = time.monotonic()
+    model.head_map(sample)
+    return (time.monotonic() - started) / len(sample)
+
+
+def after_evaluation_seconds(
+    config: TrainConfig, val_images: int, row_seconds: float, map_image_seconds: float = 0.0
+) -> float:
+    """What the work between the evaluation and the artifact should take: its decoder
+    rows at `row_seconds`, and for a spatial model the maps of the same images at
+    `map_image_seconds` each."""
+    seconds = after_evaluation_rows(config, val_images) * row_seconds
+    if config.architecture == "spatial":
+        seconds += _mapped_images(config, val_images) * map_image_seconds
+    return seconds
+
+
+def _mapped_images(config: TrainConfig, val_images: int) -> float:
+    """Images mapped after the evaluation: the validation images, clean and with a defect,
+    and the calibration images, scored and scored again by the artifact's check."""
+    calibration = val_images * config.calibration_fraction / config.val_fraction
+    return 2 * val_images + 2 * calibration
+
+
 def after_evaluation_rows(config: TrainConfig, val_images: int) -> float:
     """Decoder rows of the work between the evaluation and the artifact, which the
     evaluation may not use: a spatial model's maps of every validation image, clean and
     with a defect, to put its map together, and of the calibration images, scored and
     scored again by the exported artifact's check; a VAE's
     sampling prior, fitted to the training latents and its samples scored."""
-    calibration = val_images * config.calibration_fraction / config.val_fraction
     if config.architecture == "spatial":
-        return MAP_ROWS * (2 * val_images + 2 * calibration)
+        return MAP_ROWS * _mapped_images(config, val_images)
     if config.prior_components == 0:
         return 0.0
     train = val_images * (1 - config.val_fraction - config.calibration_fraction)

@@ -13,10 +13,20 @@ import pytest
 import torch
 
 from app.artifact import load_artifact
+from tests.conftest import TINY_SPATIAL
 from training.budget import EXPORT_RESERVE_S, MAX_SYNC_STEPS, SYNC_SECONDS, Budget, Pace, kl_warmup
 from training.config import TrainConfig
+from training.density import PatchDensity, fit_patch_density
+from training.model import build_model
+from training.pipeline import map_image_seconds
+from training.place import PlaceDensity, fit_place_density
 from training.presets import preset_values
-from training.train import MAP_ROWS, after_evaluation_rows
+from training.train import (
+    MAP_ROWS,
+    _head_seconds,
+    after_evaluation_rows,
+    after_evaluation_seconds,
+)
 
 
 class Clock:
@@ -70,6 +80,37 @@ def test_a_spatial_model_reserves_its_maps_and_a_vae_its_sampling_prior() -> Non
     assert after_evaluation_rows(chosen, 240) == rows
     assert after_evaluation_rows(TrainConfig(prior_components=0), 240) == 0.0
     assert after_evaluation_rows(TrainConfig(), 240) > 2 * 240
+
+
+def test_a_spatial_model_also_reserves_its_densities_maps_per_image() -> None:
+    """On 1,200 loose 300 px parts the patch mixture and the centre search after training
+    overran a 14-minute budget by 84 s when only the decoder's rows were counted."""
+    preset = TrainConfig(**preset_values("inspection"))
+    rows_only = after_evaluation_seconds(preset, 240, 0.01)
+    assert rows_only == after_evaluation_rows(preset, 240) * 0.01
+    with_maps = after_evaluation_seconds(preset, 240, 0.01, map_image_seconds=0.1)
+    assert with_maps == pytest.approx(rows_only + (2 * 240 + 2 * 120) * 0.1)
+    vae = TrainConfig()  # no densities: the per-image maps do not apply
+    assert after_evaluation_seconds(vae, 240, 0.01, 0.1) == after_evaluation_seconds(vae, 240, 0.01)
+
+
+def test_the_map_head_is_timed_on_a_real_spatial_model_and_nothing_else_is() -> None:
+    torch.manual_seed(0)
+    images = torch.rand(6, 1, 48, 64)
+    spatial = build_model(TINY_SPATIAL)
+    assert 0.0 < _head_seconds(spatial, images) < 10.0
+    assert not spatial.training  # timed as it will run after training
+    vae = build_model(replace(TINY_SPATIAL, architecture="mlp", hidden=(16,), latent_dim=4))
+    assert _head_seconds(vae, images) == 0.0
+
+
+def test_the_densities_maps_are_timed_on_real_fitted_densities() -> None:
+    images = torch.rand(24, 1, 32, 32)
+    density = fit_patch_density(PatchDensity(1), images, seed=0)
+    place = fit_place_density(PlaceDensity(1), images, seed=0, log=lambda _: None)
+    seconds = map_image_seconds(density, place, images)
+    assert 0.0 < seconds < 10.0
+    assert map_image_seconds(density, place, images[:0]) == 0.0
 
 
 def test_under_a_budget_the_schedules_follow_the_clock(clock: Clock) -> None:
