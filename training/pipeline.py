@@ -282,8 +282,9 @@ def measure(
     images = world.stride(data.val.images)
     row_seconds = 0.0 if math.isnan(result.row_seconds) else result.row_seconds  # no epoch run
     calibration_seconds = 2 * config.score_samples * len(data.calibration) * row_seconds
+    pixels = math.prod(data.val.images.shape[2:])
     after_seconds = after_evaluation_seconds(
-        config, len(data.val), row_seconds, result.map_image_seconds
+        config, len(data.val), row_seconds, result.map_image_seconds, pixels
     )
     seconds_left = budget.left() - budget.export_reserve() - calibration_seconds - after_seconds
     plan, note = plan_evaluation(len(images), config.iwae_samples, row_seconds, seconds_left)

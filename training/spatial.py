@@ -275,13 +275,26 @@ class SpatialVAE(nn.Module):
         density's (N, 1, H, W), scaled and mixed by their shares: the one formula
         training's choice and the artifact use."""
         head_share = 1.0 - self.rare_share - self.plain_share - self.place_share
-        mixed = head_share * (head - self.head_centre) / self.head_scale
-        rare = (density[:, :1] - self.rare_centre) / self.rare_scale
-        plain = (density[:, 1:] - self.plain_centre) / self.plain_scale
-        at_place = (place - self.place_centre) / self.place_scale
-        return (
-            mixed + self.rare_share * rare + self.plain_share * plain + self.place_share * at_place
-        )
+        # A map without a share adds an exact 0, so it is skipped: the same values, and
+        # the choice, which mixes every share at every smoothing, runs about twice as fast.
+        mixed = head
+        empty = True
+        if head_share != 0.0:
+            mixed = head_share * (head - self.head_centre) / self.head_scale
+            empty = False
+        if self.rare_share != 0.0:
+            rare = self.rare_share * ((density[:, :1] - self.rare_centre) / self.rare_scale)
+            mixed = rare if empty else mixed + rare
+            empty = False
+        if self.plain_share != 0.0:
+            plain = self.plain_share * ((density[:, 1:] - self.plain_centre) / self.plain_scale)
+            mixed = plain if empty else mixed + plain
+            empty = False
+        if self.place_share != 0.0:
+            at_place = self.place_share * ((place - self.place_centre) / self.place_scale)
+            mixed = at_place if empty else mixed + at_place
+            empty = False
+        return torch.zeros_like(head) if empty else mixed
 
     def smooth(self, maps: Tensor) -> Tensor:
         """Separable Gaussian blur with reflected edges: (N, 1, H, W) -> the same."""

@@ -17,15 +17,19 @@ from tests.conftest import TINY_SPATIAL
 from training.budget import EXPORT_RESERVE_S, MAX_SYNC_STEPS, SYNC_SECONDS, Budget, Pace, kl_warmup
 from training.config import TrainConfig
 from training.density import PatchDensity, fit_patch_density
+from training.metrics import ELBO_SAMPLES
 from training.model import build_model
 from training.pipeline import map_image_seconds
 from training.place import PlaceDensity, fit_place_density
 from training.presets import preset_values
+from training.selection import SELECTION_PIXELS
 from training.train import (
+    CHOICE_COST,
     MAP_ROWS,
     _head_seconds,
     after_evaluation_rows,
     after_evaluation_seconds,
+    evaluation_seconds,
 )
 
 
@@ -89,9 +93,20 @@ def test_a_spatial_model_also_reserves_its_densities_maps_per_image() -> None:
     rows_only = after_evaluation_seconds(preset, 240, 0.01)
     assert rows_only == after_evaluation_rows(preset, 240) * 0.01
     with_maps = after_evaluation_seconds(preset, 240, 0.01, map_image_seconds=0.1)
-    assert with_maps == pytest.approx(rows_only + (2 * 240 + 2 * 120) * 0.1)
+    assert with_maps == pytest.approx(rows_only + (CHOICE_COST * 2 * 240 + 2 * 120) * 0.1)
+    # images so large that the choice is made on the first 48 only
+    large = after_evaluation_seconds(preset, 240, 0.01, 0.1, pixels=SELECTION_PIXELS // 48)
+    assert large == pytest.approx(rows_only + (CHOICE_COST * 2 * 48 + 2 * 120) * 0.1)
     vae = TrainConfig()  # no densities: the per-image maps do not apply
     assert after_evaluation_seconds(vae, 240, 0.01, 0.1) == after_evaluation_seconds(vae, 240, 0.01)
+
+
+def test_a_spatial_models_evaluation_reserves_no_score_draws() -> None:
+    preset = TrainConfig(**preset_values("inspection"))
+    vae = replace(preset, architecture="mlp")
+    per_image = ELBO_SAMPLES + preset.iwae_samples
+    assert evaluation_seconds(preset, 10, 1.0) == 10 * per_image
+    assert evaluation_seconds(vae, 10, 1.0) == 10 * (per_image + 2 * preset.score_samples)
 
 
 def test_the_map_head_is_timed_on_a_real_spatial_model_and_nothing_else_is() -> None:

@@ -118,3 +118,21 @@ def test_where_every_setting_flags_every_defect_the_map_that_points_at_them_wins
     # the steadiest smoothing alone, the rule before, blurs a thin defect past finding
     widest = max(value for (sigma, _), value in pointing.items() if sigma == max(SIGMAS))
     assert choice.sigma < max(SIGMAS) and pointing[(choice.sigma, choice.share)] > widest
+
+
+def test_the_pointing_mixes_sampled_pixels_to_the_values_of_the_whole_map(monkeypatch):
+    model = build_model(TINY)
+    assert isinstance(model, SpatialVAE)
+    generator = torch.Generator().manual_seed(0)
+    head, place = (torch.rand(3, 1, 20, 24, generator=generator) for _ in range(2))
+    density = torch.rand(3, 2, 20, 24, generator=generator)
+    model.rare_share, model.plain_share, model.place_share = 0.25, 0.0, 0.5
+    whole = model.mix(head, density, place)[:, 0, ::2, ::2].flatten()
+    every = selection._pixel_sample(len(whole))
+    assert torch.equal(every, torch.arange(len(whole)))
+    monkeypatch.setattr(selection, "POINTING_PIXELS", 100)
+    chosen = selection._pixel_sample(len(whole))
+    assert len(chosen) == 100 == len(set(chosen.tolist()))
+    assert torch.equal(chosen, selection._pixel_sample(len(whole)))  # the same every time
+    maps = (selection._sampled(m, chosen) for m in (head, density, place))
+    assert torch.equal(model.mix(*maps).flatten(), whole[chosen])

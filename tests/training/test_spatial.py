@@ -12,7 +12,7 @@ from training.density import fit_patch_density
 from training.model import ModelConfig, build_model
 from training.place import fit_place_density
 from training.roc import auroc
-from training.selection import choose_map
+from training.selection import SHARES, choose_map
 from training.spatial import SpatialVAE, gaussian_kernel, map_loss, squash
 
 
@@ -64,6 +64,30 @@ def test_the_scripted_module_computes_what_the_eager_one_does(share, tmp_path):
     with torch.inference_mode():
         assert torch.allclose(scripted.anomaly_map(x), model.anomaly_map(x), atol=1e-6)
         assert torch.allclose(scripted.encode(x)[0], model.encode(x)[0], atol=1e-6)
+
+
+def test_a_map_without_a_share_is_skipped_and_the_mix_keeps_every_value_exactly():
+    # The formula every share was mixed by before maps without a share were skipped.
+    def every_term(model: SpatialVAE, head, density, place):
+        head_share = 1.0 - model.rare_share - model.plain_share - model.place_share
+        mixed = head_share * (head - model.head_centre) / model.head_scale
+        rare = (density[:, :1] - model.rare_centre) / model.rare_scale
+        plain = (density[:, 1:] - model.plain_centre) / model.plain_scale
+        at_place = (place - model.place_centre) / model.place_scale
+        return (
+            mixed
+            + model.rare_share * rare
+            + model.plain_share * plain
+            + (model.place_share * at_place)
+        )
+
+    model = with_evidence_scales(tiny())
+    generator = torch.Generator().manual_seed(0)
+    head, place = (torch.randn(3, 1, 8, 8, generator=generator) for _ in range(2))
+    density = torch.randn(3, 2, 8, 8, generator=generator) * 30 + 50
+    for share in SHARES:
+        model.rare_share, model.plain_share, model.place_share = share
+        assert torch.equal(model.mix(head, density, place), every_term(model, head, density, place))
 
 
 def test_the_map_mixes_the_four_kinds_of_evidence_by_their_shares():
