@@ -49,8 +49,8 @@ MAP_ROWS = 4.0
 HEAD_TIMED_IMAGES = 4
 # the choice of a spatial model's map (four smoothings, 35 mixes of each, and the pixels
 # of the tied ones) against the raw maps of the images it chooses on: 3.2 on 240 loose
-# 304 px coins, with room for the export's check
-CHOICE_COST = 3.5
+# 304 px coins profiled alone, about 2 inside the preset's run there
+CHOICE_COST = 2.5
 
 
 @dataclass
