@@ -52,7 +52,14 @@ from training.progress import ProgressMeter
 from training.samples import draw_samples, features, frechet_distance, sample_quality
 from training.selection import SIGMAS, choose_map
 from training.spatial import SpatialVAE
-from training.train import Log, TrainResult, after_evaluation_seconds, resolve_device, train
+from training.train import (
+    Log,
+    TrainResult,
+    after_evaluation_seconds,
+    resolve_device,
+    seconds_per_image,
+    train,
+)
 
 METRICS_FILE = "metrics.json"
 TIMED_IMAGES = 8  # validation images the densities' maps are timed on, for the budget
@@ -245,19 +252,12 @@ def _fit_densities(
     return density, place
 
 
-@torch.inference_mode()
 def map_image_seconds(density: PatchDensity, place: PlaceDensity, images: Tensor) -> float:
     """Seconds per image of the maps the densities add after training (to choose the
     map's mix and to calibrate), timed on a few validation images: on large loose parts
     the patch mixture and the search for each part's centre cost more than the network,
     and the budget has to hold them back from training."""
-    sample = images[:TIMED_IMAGES]
-    if len(sample) == 0:
-        return 0.0
-    started = time.monotonic()
-    density(sample, True)
-    place(sample)
-    return (time.monotonic() - started) / len(sample)
+    return seconds_per_image(lambda x: (density(x, True), place(x)), images[:TIMED_IMAGES])
 
 
 # each map alone, for the log line of the choice

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -261,17 +262,24 @@ def evaluation_seconds(config: TrainConfig, images: int, row_seconds: float) -> 
 
 
 @torch.inference_mode()
+def seconds_per_image(run: Callable[[Tensor], object], images: Tensor) -> float:
+    """Seconds `run` takes per image of `images` (0 for none): what the budget holds back
+    for work that the decoder's pace does not show."""
+    if len(images) == 0:
+        return 0.0
+    started = time.monotonic()
+    run(images)
+    return (time.monotonic() - started) / len(images)
+
+
 def _head_seconds(model: nn.Module, images: Tensor) -> float:
     """Seconds per image of a spatial model's map head, 0 for other models: on large
     images the U-Net over the image and its reconstruction costs many decoder rows, and
     every validation and calibration image is mapped again after training."""
-    sample = images[:HEAD_TIMED_IMAGES]
-    if not isinstance(model, SpatialVAE) or len(sample) == 0:
+    if not isinstance(model, SpatialVAE):
         return 0.0
     model.eval()
-    started = time.monotonic()
-    model.head_map(sample)
-    return (time.monotonic() - started) / len(sample)
+    return seconds_per_image(model.head_map, images[:HEAD_TIMED_IMAGES])
 
 
 def after_evaluation_seconds(
